@@ -1,0 +1,24 @@
+"""Shared LightningDataModules of the zoo; none imports anything from ``zoo.models``."""
+
+from data_modules.base import EpochSampler, TensorSet, ZooDataModule, seeded_split
+from data_modules.cifar import CIFARDataModule
+from data_modules.digits import DigitsDataModule
+from data_modules.image import ImageDataModule
+from data_modules.mnist import MNISTDataModule, read_idx
+from data_modules.synthetic import SyntheticDataModule
+from data_modules.timeseries import TimeSeriesDataModule, WindowSet
+
+__all__ = [
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "EpochSampler",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "SyntheticDataModule",
+    "TensorSet",
+    "TimeSeriesDataModule",
+    "WindowSet",
+    "ZooDataModule",
+    "read_idx",
+    "seeded_split",
+]

@@ -1,0 +1,72 @@
+"""MNIST (and any dataset in the same IDX format, e.g. Fashion-MNIST) from files in ``data_dir``."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data_modules.image import ImageDataModule, as_images
+from zoo.errors import MalformedDataError
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (LeCun's format, optionally gzipped) into an array of its declared shape.
+
+    Header: two zero bytes, a type code, the number of dimensions, then each size as a big-endian
+    uint32; the data follows, big-endian, row-major.
+    """
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:
+        raise MalformedDataError(f"{path}: cannot read ({err})") from err
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
+        raise MalformedDataError(f"{path}: not an IDX file (header {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise MalformedDataError(f"{path}: IDX header declares {ndim} dimensions but the file ends early")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise MalformedDataError(
+            f"{path}: IDX header declares shape {tuple(shape)} ({expected} bytes) but holds {len(raw) - header} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+class MNISTDataModule(ImageDataModule):
+    """MNIST from the four IDX files, gzipped or not, in ``data_dir`` or ``data_dir/MNIST/raw``.
+
+    Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+    ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``). Validation is carved from the training
+    files; the t10k files are the test split.
+    """
+
+    num_classes = 10
+
+    def _read(self, stem: str) -> np.ndarray:
+        names = [f"{folder}{stem}{ext}" for folder in ("", "MNIST/raw/") for ext in ("", ".gz")]
+        return read_idx(self.find_file(*names))
+
+    def _pair(self, prefix: str) -> tuple[Tensor, Tensor]:
+        images, labels = self._read(f"{prefix}-images-idx3-ubyte"), self._read(f"{prefix}-labels-idx1-ubyte")
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise MalformedDataError(
+                f"MNIST {prefix} files: expected images [N, H, W] and labels [N], got {images.shape} and {labels.shape}"
+            )
+        if labels.max(initial=0) >= self.num_classes:
+            raise MalformedDataError(f"MNIST {prefix} labels: expected 0..9, found {int(labels.max())}")
+        return as_images(images), torch.as_tensor(labels.astype(np.int64))
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return *self._pair("train"), *self._pair("t10k")

@@ -1,0 +1,164 @@
+"""Multivariate time series from an ETT-style CSV: chronological split, train-only scaling, windows."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from data_modules.base import ZooDataModule
+from zoo.errors import ConfigError, MalformedDataError
+
+FEATURE_MODES = ("M", "S", "MS")
+
+
+def read_csv_columns(path, date_column: str | None) -> tuple[list[str], Tensor]:
+    """Numeric columns of a CSV with a header row as a float64 ``[rows, columns]`` tensor."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise MalformedDataError(f"{path}: empty file, expected a header row")
+        keep = [i for i, name in enumerate(header) if name != date_column]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise MalformedDataError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+            try:
+                rows.append([float(row[i]) for i in keep])
+            except ValueError as err:
+                raise MalformedDataError(f"{path}:{line}: non-numeric value ({err})") from err
+    if not rows:
+        raise MalformedDataError(f"{path}: no data rows")
+    return [header[i] for i in keep], torch.tensor(rows, dtype=torch.float64)
+
+
+class WindowSet(Dataset):
+    """Sliding windows: input ``x[t : t+lookback]`` and target ``y[t+lookback : t+lookback+horizon]``."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor, lookback: int, horizon: int) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.lookback, self.horizon = lookback, horizon
+        self.length = len(inputs) - lookback - horizon + 1
+        self._past = torch.arange(lookback)
+        self._future = torch.arange(lookback, lookback + horizon)
+
+    def __len__(self) -> int:
+        return max(self.length, 0)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        start = torch.as_tensor(indices, dtype=torch.long)[:, None]
+        return self.inputs[start + self._past], self.targets[start + self._future]
+
+
+class TimeSeriesDataModule(ZooDataModule):
+    """Forecasting windows from an ETT-style CSV (a date column, then numeric columns).
+
+    Split chronologically into train / val / test; val and test windows may look back into the
+    previous split for their inputs, never for their targets. Scaling (per column mean and std) is
+    fit on the training rows only, so no statistic of the future leaks into training.
+
+    Args:
+        file: CSV file name under ``data_dir``.
+        target: the column to forecast (``OT`` for ETT).
+        features: ``M`` all columns in and out, ``S`` target in and out, ``MS`` all in, target out.
+        columns: restrict the input columns to these (the target is always kept).
+        lookback: input window length; ``horizon``: forecast length.
+        borders: rows ending train, val and test (ETTh convention: ``[8640, 11520, 14400]``);
+            if omitted, ``val_fraction`` and ``test_fraction`` of all rows, taken from the end.
+        scale: standardize with the training statistics.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        file: str = "ETTh1.csv",
+        target: str = "OT",
+        features: str = "M",
+        columns: list[str] | None = None,
+        lookback: int = 96,
+        horizon: int = 24,
+        borders: list[int] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        scale: bool = True,
+        date_column: str = "date",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(data_dir, batch_size, num_workers, seed)
+        if features not in FEATURE_MODES:
+            raise ConfigError(f"features must be one of {FEATURE_MODES}, got {features!r}")
+        if lookback < 1 or horizon < 1:
+            raise ConfigError(f"lookback and horizon must be >= 1, got {lookback} and {horizon}")
+        if borders is not None and (len(borders) != 3 or not 0 < borders[0] < borders[1] < borders[2]):
+            raise ConfigError(f"borders must be 3 increasing row numbers [train_end, val_end, test_end], got {borders}")
+        self.file, self.target, self.features, self.columns = file, target, features, columns
+        self.lookback, self.horizon = lookback, horizon
+        self.borders, self.val_fraction, self.test_fraction = borders, val_fraction, test_fraction
+        self.scale, self.date_column = scale, date_column
+        self.mean: Tensor | None = None
+        self.std: Tensor | None = None
+        self.column_names: list[str] = []
+        self.input_names: list[str] = []
+        self.target_names: list[str] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        path = self.find_file(self.file)
+        names, data = read_csv_columns(path, self.date_column)
+        if self.target not in names:
+            raise ConfigError(f"{path}: target column {self.target!r} not found; columns are {names}")
+        inputs = [self.target] if self.features == "S" else list(self.columns or names)
+        missing = [c for c in inputs if c not in names]
+        if missing:
+            raise ConfigError(f"{path}: columns {missing} not found; columns are {names}")
+        if self.target not in inputs:
+            inputs.append(self.target)
+        outputs = inputs if self.features == "M" else [self.target]
+        self.column_names, self.input_names, self.target_names = names, inputs, outputs
+
+        train_end, val_end, test_end = self._borders(len(data), path)
+        if self.scale:
+            mean, std = data[:train_end].mean(0), data[:train_end].std(0).clamp_min(1e-8)
+            data = (data - mean) / std
+            self.mean, self.std = mean.float(), std.float()
+        data = data.float()
+        x = data[:, [names.index(c) for c in inputs]]
+        y = data[:, [names.index(c) for c in outputs]]
+        spans = {"train": (0, train_end), "val": (train_end - self.lookback, val_end),
+                 "test": (val_end - self.lookback, test_end)}
+        for split, (start, end) in spans.items():
+            window_set = WindowSet(x[start:end].contiguous(), y[start:end].contiguous(), self.lookback, self.horizon)
+            if len(window_set) == 0:
+                raise ConfigError(
+                    f"{split} split has {end - start} rows, fewer than lookback + horizon = "
+                    f"{self.lookback + self.horizon}: lower them or change borders/fractions"
+                )
+            setattr(self, f"{split}_set", window_set)
+
+    def _borders(self, rows: int, path) -> tuple[int, int, int]:
+        if self.borders is not None:
+            if self.borders[2] > rows:
+                raise ConfigError(f"{path} has {rows} rows, borders ask for {self.borders[2]}")
+            return tuple(self.borders)
+        test = round(rows * self.test_fraction)
+        val = round(rows * self.val_fraction)
+        return rows - val - test, rows - test, rows
+
+    def inverse_transform(self, y: Tensor) -> Tensor:
+        """Undo the scaling of a target tensor ``[..., len(target_names)]`` (original units)."""
+        if self.mean is None:
+            return y
+        index = [self.column_names.index(c) for c in self.target_names]
+        return y * self.std[index].to(y) + self.mean[index].to(y)

@@ -1,0 +1,63 @@
+"""What every zoo LightningModule shares: cheap training-step logging, parameter counts in the
+logs, one-line shape errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from zoo.errors import ShapeError
+
+
+class ZooModule(LightningModule):
+    """A LightningModule that records its parameter counts with every run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._window: dict[str, list] = {}
+        self._epoch: dict[str, list] = {}
+
+    def log_train(self, batch_idx: int, **values: Tensor) -> None:
+        """Log training-step scalars as ``train/<name>`` at a fraction of ``self.log``'s cost.
+
+        ``self.log`` costs about 1 ms per call on a CPU, as much as a small model's whole step.
+        Here each step only adds the value to two running sums; ``self.log`` is called every
+        ``trainer.log_every_n_steps`` steps with the mean over those steps (what the logger
+        writes and the progress bar shows), and once at the epoch's last batch with the epoch
+        mean as ``train/<name>_epoch``.
+        """
+        for name, value in values.items():
+            value = value.detach()
+            for store in (self._window, self._epoch):
+                total = store.setdefault(name, [0.0, 0])
+                total[0] = total[0] + value
+                total[1] += 1
+        trainer = self.trainer
+        if trainer.fast_dev_run or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0:
+            for name, (total, count) in self._window.items():
+                self.log(f"train/{name}", total / count, prog_bar=True)
+            self._window.clear()
+        if batch_idx + 1 >= trainer.num_training_batches:
+            for name, (total, count) in self._epoch.items():
+                self.log(f"train/{name}_epoch", total / count, on_step=False, on_epoch=True, sync_dist=True)
+            self._epoch.clear()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {
+            "params/total": sum(p.numel() for p in self.parameters()),
+            "params/trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+        }
+
+    def on_fit_start(self) -> None:
+        counts = self.parameter_counts()
+        for logger in self.loggers:
+            logger.log_hyperparams(counts)
+
+    def check_shape(self, name: str, tensor: Tensor, expected: Sequence[int | None], hint: str = "") -> None:
+        """Raise ``ShapeError`` unless ``tensor.shape`` matches ``expected`` (``None`` = any size)."""
+        shape = tuple(tensor.shape)
+        if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+            want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
+            raise ShapeError(f"{type(self).__name__}: {name} must have shape {want}, got {list(shape)}{hint}")

@@ -1,0 +1,130 @@
+"""Image classifier: a small conv stem and a swappable head.
+
+The baseline of the zoo's image experiments (and the model that exercises the whole
+fit / test / predict / pretrained path). The stem is ``len(channels)`` blocks of
+3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool; the head maps the stem's
+``[C, H, W]`` features to class logits:
+
+- ``linear``: flatten -> Linear(C*H*W, num_classes)
+- ``mlp``:    flatten -> Linear(C*H*W, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)
+"""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from zoo.errors import ConfigError
+from zoo.models.base import ZooModule
+
+HEADS = ("linear", "mlp")
+
+
+def conv_stem(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip([in_channels, *channels], channels):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers)
+
+
+class ImageClassifier(ZooModule):
+    """Conv stem + head, trained with cross-entropy and AdamW under a cosine schedule.
+
+    Args:
+        in_channels, image_size: input images are ``[B, in_channels, image_size, image_size]``.
+        num_classes: number of classes.
+        channels: output channels of each conv block (each block halves the image size).
+        head: ``linear`` or ``mlp`` (see module docstring).
+        hidden: width of the ``mlp`` head.
+        dropout: dropout before the last layer of the ``mlp`` head.
+        lr, weight_decay: AdamW settings; the learning rate follows a cosine to 0 over the run.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        num_classes: int = 10,
+        channels: tuple[int, ...] = (32, 64),
+        head: str = "mlp",
+        hidden: int = 128,
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ConfigError(f"ImageClassifier head must be one of {HEADS}, got {head!r}")
+        side = image_size // 2 ** len(channels)
+        if side < 1:
+            raise ConfigError(
+                f"ImageClassifier: {len(channels)} conv blocks halve image_size={image_size} to 0; use fewer channels"
+            )
+        self.save_hyperparameters()
+        self.input_shape = (in_channels, image_size, image_size)
+        self.stem = conv_stem(in_channels, tuple(channels))
+        features = channels[-1] * side * side
+        if head == "linear":
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+        else:
+            self.head = nn.Sequential(
+                nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+            )
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+        self._predictions: list[Tensor] = []
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.check_shape("images", images, (None, *self.input_shape),
+                         " (set model.init_args.in_channels / image_size to match the data)")
+        return self.head(self.stem(images))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        self.log_train(batch_idx, loss=loss)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, accuracy: MulticlassAccuracy) -> None:
+        images, labels = batch
+        logits = self(images)
+        accuracy(logits, labels)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, prog_bar=True)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        probs = self(images).softmax(-1)
+        confidence, predicted = probs.max(-1)
+        rows = torch.stack([predicted.float(), confidence, labels.float()], dim=1)
+        self._predictions.append(rows.cpu())
+        return probs
+
+    def on_predict_epoch_end(self) -> None:
+        """Write ``predictions.csv`` (predicted class, its probability, label) to the log dir."""
+        rows = torch.cat(self._predictions) if self._predictions else torch.empty(0, 3)
+        self._predictions.clear()
+        log_dir = self.trainer.log_dir or "."
+        suffix = f"_rank{self.global_rank}" if self.trainer.world_size > 1 else ""
+        path = f"{log_dir}/predictions{suffix}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["predicted", "probability", "label"])
+            writer.writerows([int(p), f"{c:.6f}", int(y)] for p, c, y in rows.tolist())
+        print(f"wrote {len(rows)} predictions to {path}")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
