@@ -126,6 +126,9 @@ class ZooDataModule(LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, sampler: Any = None) -> DataLoader:
+        """A DataLoader with its own generator: creating an iterator draws the workers' base seed
+        from it, not from the global RNG, so loading data never shifts the model's random stream
+        (dropout draws the same numbers with or without a resume or an extra validation pass)."""
         batched = hasattr(dataset, "__getitems__")
         return DataLoader(
             dataset,
@@ -135,6 +138,7 @@ class ZooDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=keep_batch if batched else None,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,11 +13,12 @@ from data_modules.image import ImageDataModule, as_images
 from zoo.errors import ConfigError, MalformedDataError
 
 # The CIFAR pickles hold dicts, lists, bytes and numpy arrays; nothing else may be unpickled.
+# (``_codecs.encode`` is how protocol-2 pickles written by Python 3 store bytes.)
 _ARRAY_GLOBALS = {
     (module, name)
     for module in ("numpy.core.multiarray", "numpy._core.multiarray")
     for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

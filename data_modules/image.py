@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,7 +65,7 @@ class ImageDataModule(ZooDataModule, ABC):
 
 def as_images(array, channels_last: bool = False) -> Tensor:
     """uint8 array ``[N, H, W]`` or ``[N, H, W, C]`` / ``[N, C, H, W]`` -> float32 [N, C, H, W] in [0, 1]."""
-    x = torch.as_tensor(array)
+    x = torch.from_numpy(np.array(array, dtype=np.uint8))  # a copy: IDX arrays are read-only buffers
     if x.ndim == 3:
         x = x.unsqueeze(1)
     elif channels_last:

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.utilities import rank_zero_only
 
 
 class RNGState(Callback):
@@ -67,10 +66,10 @@ class Curves(Callback):
         if not trainer.sanity_checking:
             self._record(trainer, "val/")
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.history and trainer.log_dir and not trainer.fast_dev_run:
-            self.plot(Path(trainer.log_dir) / self.filename)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if trainer.is_global_zero and self.history and log_dir and not trainer.fast_dev_run:
+            self.plot(Path(log_dir) / self.filename)
 
     def plot(self, path: Path) -> None:
         import matplotlib

@@ -23,6 +23,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -33,8 +34,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import data_modules
 import zoo.models
+from data_modules.base import ZooDataModule
 from zoo.callbacks import Curves, ProgressBar, RNGState
 from zoo.errors import ConfigError, ZooError
+
+# Lightning 2.6 calls a pytree API that torch >= 2.10 deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 # Placeholder for a logger's save_dir: replaced by trainer.default_root_dir after parsing.
 RUN_DIR = "${trainer.default_root_dir}"
@@ -81,7 +86,7 @@ def summarize_parser_error(message: str) -> str:
         reasons = [r for r in reasons if "NoneType" not in r]
     else:
         first = re.sub(r'^Parser key "[^"]+":\s*', "", lines[0]).strip()
-        reasons = [x for x in [first, *(line.strip() for line in lines[1:])] if x]
+        reasons = [x for x in [first, *(line.strip() for line in lines[1:])] if x and not x.startswith("Given value")]
     text = "; ".join(re.sub(r"Problem with given class_path '([^']+)':", r"\1:", r) for r in reasons)
     if key in _CLASS_KEYS and given and ("import path" in text or "not accessible" in text):
         return f"{key}: unknown class {given[-1].strip()!r}; available: {', '.join(known_classes(key))}"
@@ -151,6 +156,10 @@ class ZooCLI(LightningCLI):
                 init_args.save_dir = root
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+
+    def before_fit(self) -> None:
+        if isinstance(self.datamodule, ZooDataModule):  # it saves its position in the epoch itself
+            warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
 
     def instantiate_classes(self) -> None:
         try:
