@@ -1,8 +1,9 @@
 """Training-step cost of ``python -m zoo fit`` against a hand-written torch loop.
 
 Same model (the config's ImageClassifier), same DataLoader (the config's DataModule), same
-optimizer and schedule, same number of threads, same process: the two alternate ``--repeats``
-times, so machine noise hits both alike. ``ZooCLI(args=[...])`` is exactly what
+optimizer and schedule, same number of threads, same process: the runs alternate ``--repeats``
+times, so machine noise hits all alike. A bare Lightning ``Trainer`` on the same model shows the
+floor that Lightning itself sets. ``ZooCLI(args=[...])`` is exactly what
 ``python -m zoo fit`` runs. A step's cost is the wall time between the ends of two consecutive
 training steps of one epoch (data fetch, forward, backward, optimizer, logging, progress bar),
 after a first warm-up epoch. Start-up (process launch to the end of the first step) is measured
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer
 
 import data_modules
 import zoo.models
@@ -61,6 +62,20 @@ def zoo_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]
                          f"--trainer.max_steps={max_steps}", f"--trainer.default_root_dir={root}"])
     finally:
         TRAINER_DEFAULTS["callbacks"] = defaults
+    return timer.epochs
+
+
+def lightning_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]]:
+    """The floor Lightning sets: a bare ``Trainer`` (no logger, progress bar, checkpoint or summary)."""
+    cfg = yaml.safe_load(Path(config).read_text())
+    torch.manual_seed(cfg.get("seed_everything", 0))
+    model = getattr(zoo.models, cfg["model"]["class_path"])(**cfg["model"]["init_args"])
+    data = getattr(data_modules, cfg["data"]["class_path"])(**cfg["data"]["init_args"])
+    timer = StepTimer()
+    trainer = Trainer(max_epochs=epochs, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                      callbacks=[timer], accelerator="cpu", devices=1)
+    trainer.fit(model, data)
     return timer.epochs
 
 
@@ -121,17 +136,22 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    plain, zoo_, ratios = [], [], []
+    kinds = {"plain": plain_steps, "lightning": lightning_steps, "zoo": zoo_steps}
+    steps: dict[str, list[float]] = {kind: [] for kind in kinds}
+    ratios = []
     for _ in range(args.repeats):
-        plain.append(step_time(plain_steps(args.config, args.epochs)))
-        zoo_.append(step_time(zoo_steps(args.config, args.epochs)))
-        ratios.append(zoo_[-1] / plain[-1])
-    step = {"plain": statistics.median(plain), "zoo": statistics.median(zoo_)}
+        for kind, run in kinds.items():
+            steps[kind].append(step_time(run(args.config, args.epochs)))
+        ratios.append(steps["zoo"][-1] / steps["plain"][-1])
+    step = {kind: statistics.median(values) for kind, values in steps.items()}
     start = {kind: startup(kind, args.config, args.threads) for kind in ("plain", "zoo")}
     ratio = statistics.median(ratios)
+    lightning_ratio = statistics.median(l / p for l, p in zip(steps["lightning"], steps["plain"]))
     print(f"{'':22}{'step (ms)':>12}{'start-up (s)':>14}")
-    for kind, label in (("plain", "hand-written loop"), ("zoo", "python -m zoo fit")):
-        print(f"{label:22}{step[kind] * 1e3:12.3f}{start[kind]:14.2f}")
+    for kind, label in (("plain", "hand-written loop"), ("lightning", "bare Lightning"), ("zoo", "python -m zoo fit")):
+        startup_s = f"{start[kind]:14.2f}" if kind in start else f"{'':>14}"
+        print(f"{label:22}{step[kind] * 1e3:12.3f}{startup_s}")
+    print(f"{'ratio bare / plain':22}{lightning_ratio:12.3f}")
     print(f"{'ratio zoo / plain':22}{ratio:12.3f}   (median of {args.repeats} alternating rounds: "
           f"{', '.join(f'{r:.3f}' for r in ratios)})")
     print(json.dumps({
@@ -139,7 +159,7 @@ def main() -> None:
         "epochs": args.epochs, "repeats": args.repeats,
         "step_ms": {k: round(v * 1e3, 4) for k, v in step.items()},
         "ratios": [round(r, 4) for r in ratios],
-        "startup_s": {k: round(v, 3) for k, v in start.items()}, "ratio": round(ratio, 4),
+        "startup_s": {k: round(v, 3) for k, v in start.items()}, "ratio": round(ratio, 4), "lightning_ratio": round(lightning_ratio, 4),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
     }))
 

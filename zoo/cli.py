@@ -25,6 +25,7 @@ import re
 import sys
 import warnings
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
@@ -154,6 +155,12 @@ class ZooCLI(LightningCLI):
             init_args = getattr(logger, "init_args", None)
             if init_args is not None and init_args.get("save_dir") == RUN_DIR:
                 init_args.save_dir = root
+        accelerator = config.trainer.accelerator
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but this machine has no CUDA GPU; "
+                "compose configs/trainer/cpu.yaml or ddp_cpu.yaml instead"
+            )
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")
 

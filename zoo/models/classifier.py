@@ -74,8 +74,8 @@ class ImageClassifier(ZooModule):
             self.head = nn.Sequential(
                 nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
             )
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._predictions: list[Tensor] = []
 
     def forward(self, images: Tensor) -> Tensor:
