@@ -56,11 +56,14 @@ def registry_copy(tmp_path, monkeypatch):
     return folder
 
 
-def test_tampered_checkpoint_is_refused(registry_copy):
-    path = registry_copy / MANIFEST["digits-cnn"]["file"]
+def _flip_a_byte(path) -> None:
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def test_tampered_checkpoint_is_refused(registry_copy):
+    _flip_a_byte(registry_copy / MANIFEST["digits-cnn"]["file"])
     with pytest.raises(CheckpointError, match="does not match the manifest's .*corrupt or was modified"):
         zoo.load_pretrained("digits-cnn")
 
@@ -93,9 +96,7 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_cli_refuses_a_tampered_registered_checkpoint(registry_copy, tmp_path, capsys):
     path = registry_copy / MANIFEST["digits-cnn"]["file"]
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _flip_a_byte(path)
     with pytest.raises(SystemExit) as exit_info:
         main(["test", "--config", DIGITS, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={path}"])
     assert exit_info.value.code == 2
@@ -110,6 +111,7 @@ def test_cli_test_and_predict_with_the_shipped_file(tmp_path):
     run_cli("predict", *quick(tmp_path), f"--ckpt_path={ckpt}")
     rows = (tmp_path / "version_1" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "predicted,probability,label" and len(rows) == 360
+    assert (tmp_path / "version_1" / "predictions.png").read_bytes()[:4] == b"\x89PNG"
     correct = sum(r.split(",")[0] == r.split(",")[2] for r in rows[1:])
     assert correct / 359 == pytest.approx(MANIFEST["digits-cnn"]["metrics"]["test/acc"], abs=1e-4)
 

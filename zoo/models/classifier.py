@@ -12,6 +12,7 @@ fit / test / predict / pretrained path). The stem is ``len(channels)`` blocks of
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooModule
+from zoo.plots import image_grid
 
 HEADS = ("linear", "mlp")
+GRID = 64  # images drawn in predictions.png
 
 
 def conv_stem(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
@@ -77,6 +80,7 @@ class ImageClassifier(ZooModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self._predictions: list[Tensor] = []
+        self._shown: list[Tensor] = []
 
     def forward(self, images: Tensor) -> Tensor:
         self.check_shape("images", images, (None, *self.input_shape),
@@ -108,19 +112,30 @@ class ImageClassifier(ZooModule):
         confidence, predicted = probs.max(-1)
         rows = torch.stack([predicted.float(), confidence, labels.float()], dim=1)
         self._predictions.append(rows.cpu())
+        shown = sum(len(x) for x in self._shown)
+        if shown < GRID:
+            self._shown.append(images[: GRID - shown].cpu())
         return probs
 
     def on_predict_epoch_end(self) -> None:
-        """Write ``predictions.csv`` (predicted class, its probability, label) to the log dir."""
+        """Write ``predictions.csv`` (predicted class, its probability, label) and
+        ``predictions.png`` (the first 64 images captioned "predicted (label)", mistakes in red)
+        to the log dir."""
         rows = torch.cat(self._predictions) if self._predictions else torch.empty(0, 3)
+        shown = torch.cat(self._shown) if self._shown else torch.empty(0)
         self._predictions.clear()
-        log_dir = self.trainer.log_dir or "."
+        self._shown.clear()
+        log_dir = Path(self.trainer.log_dir or ".")
         suffix = f"_rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = f"{log_dir}/predictions{suffix}.csv"
+        path = log_dir / f"predictions{suffix}.csv"
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["predicted", "probability", "label"])
             writer.writerows([int(p), f"{c:.6f}", int(y)] for p, c, y in rows.tolist())
+        if len(shown):
+            pairs = [(int(p), int(y)) for p, _, y in rows[: len(shown)].tolist()]
+            image_grid(shown, log_dir / f"predictions{suffix}.png", [f"{p} ({y})" for p, y in pairs],
+                       ["black" if p == y else "red" for p, y in pairs])
         print(f"wrote {len(rows)} predictions to {path}")
 
     def configure_optimizers(self):
