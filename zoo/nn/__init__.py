@@ -1,3 +1,5 @@
 """Plain torch building blocks (no Lightning): NdLinear, Hopfield retrieval, DiT blocks, LoRA, ..."""
 
-__all__: list[str] = []
+from zoo.nn.ndlinear import NdLinear
+
+__all__ = ["NdLinear"]
