@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,17 +51,90 @@ from zoo.errors import ConfigError, ShapeError
 INITS = ("dense", "reference")
 
 
-def _cheapest_order(dims: Sequence[int], hidden: Sequence[int]) -> tuple[int, ...]:
-    """Order of modes with the fewest multiply-adds: applying mode k to a tensor of ``size``
-    elements costs ``size * h_k`` and changes the size by ``h_k / d_k``."""
-    def cost(order: Sequence[int]) -> int:
-        size, total = math.prod(dims), 0
-        for k in order:
-            total += size * hidden[k]
-            size = size // dims[k] * hidden[k]
-        return total
+# Cost model, in multiply-adds per sample, fitted to forward+backward timings of every plan of the
+# benchmark shapes on a 2-core x86 CPU (benchmarks/ndlinear_layer.py): copies and per-mode bias
+# passes cost far more than their arithmetic, and a batched GEMM with few output columns runs slowly.
+KRON_MAX = 4096  # trailing modes whose Kronecker product has at most this many entries may merge
+COPY_COST = 128  # copying one element (moving a mode to the end, or the final permutation)
+PASS_COST = 2  # a GEMM reading or writing one element
+SMALL_GEMM = 128  # a batched GEMM with Q output columns costs (1 + SMALL_GEMM / Q) per multiply-add
+UNFUSED_BIAS_COST = 48  # per output element, when the biases cannot be added inside the GEMMs
 
-    return min(itertools.permutations(range(len(dims))), key=cost)
+
+@dataclass(frozen=True)
+class Step:
+    """Apply the map of ``modes`` (several: their Kronecker product) to a contiguous tensor viewed
+    as ``[rows, size, after]``. ``move`` first transposes the block to the last position (one
+    copy); then a block in the last position is one GEMM (``F.linear``), any other a batched
+    GEMM over ``rows`` (``torch.bmm``) that keeps the layout."""
+
+    modes: tuple[int, ...]
+    move: bool
+    before: int  # product of the physical sizes in front of the block (without the batch)
+    size: int
+    after: int  # product of the physical sizes behind the block
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    physical: tuple[int, ...]  # the mode order the steps leave behind
+    fused_bias: bool  # add each mode's bias in its own step (the reference's order, no merged blocks)
+
+
+def plan(dims: Sequence[int], hidden: Sequence[int], reference_order: Sequence[int]) -> Plan:
+    """The cheapest way to apply the maps of the non-scalar modes under the cost model above.
+
+    Tries every order of the modes, with and without merging a trailing block of small modes into
+    one Kronecker-product map, and for every step both a GEMM in place and a copy that moves the
+    mode last first. Biases fuse into the GEMMs only in the reference's order without merged
+    blocks or scalar modes; otherwise ``B_eff`` is added at the end.
+    """
+    modes = [k for k in range(len(dims)) if not dims[k] == hidden[k] == 1]
+    blocks: list[tuple[int, ...]] = [()]
+    for start in range(len(modes) - 1):
+        if math.prod(dims[k] * hidden[k] for k in modes[start:]) <= KRON_MAX:
+            blocks.append(tuple(modes[start:]))
+            break
+    best: tuple[float, Plan] | None = None
+    for block in blocks:
+        units = [(k,) for k in modes if k not in block] + ([block] if block else [])
+        for order in itertools.permutations(units):
+            for moves in itertools.product((False, True), repeat=len(order)):
+                candidate = _cost(order, moves, dims, hidden, modes)
+                if candidate is None:
+                    continue
+                cost, steps, physical = candidate
+                fused = not block and len(modes) == len(dims) and [u[0] for u in order] == list(reference_order)
+                if physical != modes:
+                    cost += COPY_COST * math.prod(hidden)
+                if not fused:
+                    cost += UNFUSED_BIAS_COST * math.prod(hidden)
+                if best is None or cost < best[0]:
+                    best = (cost, Plan(tuple(steps), tuple(physical), fused))
+    assert best is not None
+    return best[1]
+
+
+def _cost(order, moves, dims, hidden, modes) -> tuple[float, list[Step], list[int]] | None:
+    size, physical, cost, steps = list(dims), list(modes), 0.0, []
+    for unit, move in zip(order, moves):
+        position = physical.index(unit[0])
+        before = math.prod(size[k] for k in physical[:position])
+        after = math.prod(size[k] for k in physical[position + len(unit):])
+        if move and after == 1:
+            return None  # already last: nothing to move
+        d, h = math.prod(size[k] for k in unit), math.prod(hidden[k] for k in unit)
+        macs, elements = before * d * after * h, before * (d + h) * after
+        if move:
+            cost += COPY_COST * before * d * after + macs + PASS_COST * elements
+            physical = [k for k in physical if k not in unit] + list(unit)
+        else:
+            cost += (macs * (1 + SMALL_GEMM / after) if after > 1 else macs) + PASS_COST * elements
+        steps.append(Step(unit, move, before, d, after))
+        for k in unit:
+            size[k] = hidden[k]
+    return cost, steps, physical
 
 
 class NdLinear(nn.Module):
@@ -102,11 +176,14 @@ class NdLinear(nn.Module):
         self.biases = (
             nn.ParameterList(nn.Parameter(torch.empty(h, **factory)) for h in hidden_size) if bias else None
         )
-        # modes that are learned scalars (1 -> 1) fold into a scale; the others are applied as maps
+        # modes that are learned scalars (1 -> 1) fold into a scale; the others follow the plan
         self._scalar_modes = [k for k in range(len(input_dims)) if input_dims[k] == hidden_size[k] == 1]
+        reference_order = range(len(input_dims)) if transform_outer else reversed(range(len(input_dims)))
+        self.plan = plan(input_dims, hidden_size, list(reference_order))
         maps = [k for k in range(len(input_dims)) if k not in self._scalar_modes]
-        order = _cheapest_order([input_dims[k] for k in maps], [hidden_size[k] for k in maps])
-        self._order = [maps[i] for i in order]
+        physical = list(self.plan.physical)
+        # the steps may leave the modes in another physical order: the permutation back
+        self._unpermute = None if physical == maps else [0] + [1 + physical.index(k) for k in maps]
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "dense") -> None:
@@ -169,26 +246,40 @@ class NdLinear(nn.Module):
             raise ShapeError(
                 f"NdLinear: input must end with dims {list(self.input_dims)}, got shape {list(x.shape)}"
             )
-        lead = x.shape[:-n]
-        dims = list(self.input_dims)
+        lead, steps = x.shape[:-n], self.plan.steps
+        batch = math.prod(lead)
+        y = x.reshape(batch, math.prod(self.input_dims))
         scale = None
         for k in self._scalar_modes:
             scale = self.weights[k].view(()) if scale is None else scale * self.weights[k].view(())
-        y = x.reshape(-1, *dims)
-        batch = y.shape[0]
-        for i, k in enumerate(self._order):
-            weight = self.weights[k] if (scale is None or i > 0) else self.weights[k] * scale
-            before, after = batch * math.prod(dims[:k]), math.prod(dims[k + 1:])
-            if after == 1:
-                y = F.linear(y.reshape(before, dims[k]), weight)
+        fused = self.biases is not None and self.plan.fused_bias
+        bias = None if fused or self.biases is None else self.effective_bias()
+        for i, step in enumerate(steps):
+            weight = self.weights[step.modes[0]]
+            for k in step.modes[1:]:
+                weight = torch.kron(weight, self.weights[k])
+            if i == 0 and scale is not None:
+                weight = weight * scale
+            step_bias = self.biases[step.modes[0]] if fused else None
+            if len(steps) == 1 and bias is not None and bias.numel() == weight.shape[0]:
+                step_bias, bias = bias.reshape(-1), None  # a single map: B_eff is its bias
+            rows = batch * step.before
+            if step.move or step.after == 1:
+                if step.move:
+                    y = y.view(rows, step.size, step.after).transpose(1, 2)
+                y = F.linear(y.reshape(rows * step.after, step.size), weight, step_bias)
             else:
-                y = torch.matmul(weight, y.reshape(before, dims[k], after))
-            dims[k] = self.hidden_size[k]
-        if not self._order and scale is not None:
+                y = y.view(rows, step.size, step.after)
+                expanded = weight.expand(rows, *weight.shape)  # a true batched GEMM; matmul would copy
+                y = torch.bmm(expanded, y) if step_bias is None else torch.baddbmm(step_bias[:, None], expanded, y)
+        if not steps and scale is not None:
             y = y * scale
-        y = y.reshape(*lead, *self.hidden_size)
-        bias = self.effective_bias()
-        return y if bias is None else y + bias
+        if self._unpermute is not None:
+            sizes = [self.hidden_size[k] for k in self.plan.physical]
+            y = y.view(batch, *sizes).permute(*self._unpermute)
+        if bias is not None:
+            y = y.reshape(batch, *self.hidden_size) + bias  # also the copy back into logical order
+        return y.reshape(*lead, *self.hidden_size)
 
     def extra_repr(self) -> str:
         return (f"input_dims={self.input_dims}, hidden_size={self.hidden_size}, "
