@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import DIGITS, ROOT, quick, run_cli, run_zoo
@@ -171,3 +172,24 @@ def test_bad_input_in_a_fresh_process_prints_only_the_error():
 def test_summarize_keeps_unknown_reports_readable():
     message = 'Parser key "x":\n  Some new jsonargparse problem\n  Given value: 3'
     assert summarize_parser_error(message) == "x: Some new jsonargparse problem (given: 3)"
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS)
+def test_fast_dev_run_of_every_experiment(config, tmp_path):
+    """Every experiment config trains a step, validates and tests; file-based data is written here
+    in its real format."""
+    from tests.test_data_modules import write_cifar, write_mnist
+
+    data = yaml.safe_load(Path(config).read_text())["data"]["class_path"]
+    extra = []
+    if data == "MNISTDataModule":
+        write_mnist(tmp_path / "data")
+        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+    elif data == "CIFARDataModule":
+        write_cifar(tmp_path / "data", 10)
+        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+    cli = run_cli("fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=1",
+                  "--trainer.enable_progress_bar=false", *extra)
+    assert cli.trainer.global_step == 1
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert results and all(torch.isfinite(torch.tensor(v)) for v in results[0].values())

@@ -14,7 +14,8 @@ LightningCLI:
   ``error: ...``, and exit status 2.
 
 ``python -m zoo register NAME --config ...`` trains a checkpoint and adds it to the registry
-(see ``zoo.pretrained``).
+(see ``zoo.pretrained``); ``python -m zoo seeds --seeds 0 1 2 -- --config ...`` fits and tests
+under several seeds (see ``zoo.seeds``).
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ def main(args: list[str] | None = None) -> None:
             from zoo.pretrained import register_main
 
             register_main(argv[1:])
+        elif argv[0] == "seeds":
+            from zoo.seeds import seeds_main
+
+            seeds_main(argv[1:])
         else:
             ZooCLI(args=args)
     except (ZooError, MisconfigurationException) as err:

@@ -1,17 +1,21 @@
 """Image classifier: a small conv stem and a swappable head.
 
-The baseline of the zoo's image experiments (and the model that exercises the whole
-fit / test / predict / pretrained path). The stem is ``len(channels)`` blocks of
-3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool; the head maps the stem's
-``[C, H, W]`` features to class logits:
+The baseline of the zoo's image experiments and the CNN of the NdLinear paper (Reneau, Hu et
+al., 2025, Sec. 4: conv32-BN-pool, conv64-BN-pool, then ``NdLinear((64, 8, 8), (64, 8, 8))``,
+ReLU, ``Linear(4096, 10)`` against a dense ``4096 -> 256 -> 10`` head on CIFAR-10). The stem is
+``len(channels)`` blocks of 3x3 conv -> BatchNorm -> ReLU -> 2x2 max-pool; the head maps the
+stem's ``[C, H, W]`` features to class logits:
 
-- ``linear``: flatten -> Linear(C*H*W, num_classes)
-- ``mlp``:    flatten -> Linear(C*H*W, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)
+- ``linear``:   flatten -> Linear(C*H*W, num_classes)
+- ``mlp``:      flatten -> Linear(C*H*W, hidden) -> ReLU -> Dropout -> Linear(hidden, num_classes)
+- ``ndlinear``: NdLinear((C, H, W), nd_hidden) -> ReLU -> Dropout -> flatten
+                -> Linear(prod(nd_hidden), num_classes), the structure-preserving counterpart of ``mlp``
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import torch
@@ -21,9 +25,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.errors import ConfigError
 from zoo.models.base import ZooModule
+from zoo.nn import NdLinear
 from zoo.plots import image_grid
 
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "ndlinear")
 GRID = 64  # images drawn in predictions.png
 
 
@@ -41,9 +46,10 @@ class ImageClassifier(ZooModule):
         in_channels, image_size: input images are ``[B, in_channels, image_size, image_size]``.
         num_classes: number of classes.
         channels: output channels of each conv block (each block halves the image size).
-        head: ``linear`` or ``mlp`` (see module docstring).
+        head: ``linear``, ``mlp`` or ``ndlinear`` (see module docstring).
         hidden: width of the ``mlp`` head.
-        dropout: dropout before the last layer of the ``mlp`` head.
+        nd_hidden: output dims ``(C', H', W')`` of the ``ndlinear`` head (default: the stem's ``(C, H, W)``).
+        dropout: dropout before the last layer of the ``mlp`` and ``ndlinear`` heads.
         lr, weight_decay: AdamW settings; the learning rate follows a cosine to 0 over the run.
     """
 
@@ -55,6 +61,7 @@ class ImageClassifier(ZooModule):
         channels: tuple[int, ...] = (32, 64),
         head: str = "mlp",
         hidden: int = 128,
+        nd_hidden: tuple[int, int, int] | None = None,
         dropout: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -73,6 +80,12 @@ class ImageClassifier(ZooModule):
         features = channels[-1] * side * side
         if head == "linear":
             self.head = nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
+        elif head == "ndlinear":
+            dims = (channels[-1], side, side)
+            out = tuple(nd_hidden) if nd_hidden is not None else dims
+            self.head = nn.Sequential(
+                NdLinear(dims, out), nn.ReLU(), nn.Dropout(dropout), nn.Flatten(), nn.Linear(math.prod(out), num_classes)
+            )
         else:
             self.head = nn.Sequential(
                 nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
