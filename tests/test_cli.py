@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def test_checkpointing_can_be_disabled(tmp_path):
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"], "model: unknown class 'ImageClassifierX'; available: ImageClassifier"),
     (["--data", "Foo"], "data: unknown class 'Foo'; available: CIFARDataModule, DigitsDataModule"),
-    (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp'), got 'foo'"),
+    (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp', 'ndlinear'), got 'foo'"),
     (["--model.init_args.foo", "3"], "Option 'foo' is not accepted"),
     (["--model.lr", "abc"], "Expected a <class 'float'>. Got value: abc"),
     (["--trainer.max_epochs", "x"], "trainer.max_epochs: Expected a <class 'int'> (given: x)"),
@@ -193,3 +194,14 @@ def test_fast_dev_run_of_every_experiment(config, tmp_path):
     assert cli.trainer.global_step == 1
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert results and all(torch.isfinite(torch.tensor(v)) for v in results[0].values())
+
+
+def test_seeds_command_reports_mean_and_spread(tmp_path, capsys):
+    main(["seeds", "--seeds", "0", "1", "--", *quick(tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=4")])
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    accuracies = [run["test/acc"] for run in summary["runs"]]
+    assert summary["seeds"] == [0, 1] and len(accuracies) == 2 and accuracies[0] != accuracies[1]
+    assert summary["mean"]["test/acc"] == pytest.approx(sum(accuracies) / 2)
+    assert summary["std"]["test/acc"] > 0 and summary["params"] == 53098
+    assert (tmp_path / "seed0" / "checkpoints").is_dir() and (tmp_path / "seed1" / "checkpoints").is_dir()
+    assert "test/acc" in capsys.readouterr().out
