@@ -179,7 +179,7 @@ def test_summarize_keeps_unknown_reports_readable():
 def test_fast_dev_run_of_every_experiment(config, tmp_path):
     """Every experiment config trains a step, validates and tests; file-based data is written here
     in its real format."""
-    from tests.test_data_modules import write_cifar, write_mnist
+    from tests.test_data_modules import write_cifar, write_ett, write_mnist
 
     data = yaml.safe_load(Path(config).read_text())["data"]["class_path"]
     extra = []
@@ -188,6 +188,10 @@ def test_fast_dev_run_of_every_experiment(config, tmp_path):
         extra = [f"--data.data_dir={tmp_path / 'data'}"]
     elif data == "CIFARDataModule":
         write_cifar(tmp_path / "data", 10)
+        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+    elif data == "TimeSeriesDataModule":  # an ETT-shaped file: date + 7 columns, 14,400 rows
+        (tmp_path / "data").mkdir()
+        write_ett(tmp_path / "data" / "ETTh1.csv", rows=14400, columns=7)
         extra = [f"--data.data_dir={tmp_path / 'data'}"]
     cli = run_cli("fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=1",
                   "--trainer.enable_progress_bar=false", *extra)

@@ -72,10 +72,12 @@ def write_cifar(folder: Path, variant: int = 10, per_batch: int = 8) -> dict[str
     return written
 
 
-def write_ett(path: Path, rows: int = 200) -> np.ndarray:
+def write_ett(path: Path, rows: int = 200, columns: int = 4) -> np.ndarray:
+    """ETT's layout: a date column, then numeric columns, the last one OT."""
     t = np.arange(rows, dtype=np.float64)
-    values = np.stack([np.sin(t / 5 + k) * (k + 1) + 0.01 * t * k for k in range(3)] + [t / 10.0], axis=1)
-    lines = ["date,HUFL,HULL,MUFL,OT"]
+    names = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"][: columns - 1] + ["OT"]
+    values = np.stack([np.sin(t / 5 + k) * (k + 1) + 0.01 * t * k for k in range(columns - 1)] + [t / 10.0], axis=1)
+    lines = ["date," + ",".join(names)]
     lines += [f"2016-07-01 {i:05d},{','.join(f'{v:.6f}' for v in row)}" for i, row in enumerate(values)]
     path.write_text("\n".join(lines) + "\n")
     return np.round(values, 6)

@@ -64,7 +64,7 @@ def test_equals_the_reference_package_and_the_kronecker_form(dims, hidden, trans
     x = torch.randn(3, *dims, dtype=torch.float64, requires_grad=True)
     expected = reference(x)
     got = layer(x)
-    assert got.shape == expected.shape == (3, *hidden)
+    assert got.shape == expected.shape == (3, *hidden) and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, kron_reference(layer, x), rtol=1e-12, atol=1e-12)
     # gradients too: input, every weight, every bias
@@ -78,6 +78,14 @@ def test_equals_the_reference_package_and_the_kronecker_form(dims, hidden, trans
                                    ref_params[f"align_layers.{k}.weight"], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(ours[1 + len(dims) + k], ref_params[f"align_layers.{k}.bias"],
                                    rtol=1e-10, atol=1e-12)
+
+
+def test_output_is_contiguous_for_every_plan():
+    for dims, hidden in SHAPES + [((96, 32), (24, 7)), ((2, 3), (4, 5))]:
+        for outer in (True, False):
+            for bias in (True, False):
+                layer = NdLinear(dims, hidden, bias=bias, transform_outer=outer)
+                assert layer(torch.randn(4, *dims)).is_contiguous(), (dims, hidden, outer, bias, layer.plan)
 
 
 def test_any_number_of_leading_dims_and_no_bias():
@@ -97,9 +105,12 @@ def test_every_plan_matches_for_random_shapes():
         dims = tuple(int(v) for v in torch.randint(1, 7, (n,), generator=generator))
         hidden = tuple(int(v) for v in torch.randint(1, 7, (n,), generator=generator))
         for outer in (True, False):
-            layer = NdLinear(dims, hidden, transform_outer=outer, init="reference", dtype=torch.float64)
-            x = torch.randn(2, *dims, dtype=torch.float64)
-            torch.testing.assert_close(layer(x), kron_reference(layer, x), rtol=1e-12, atol=1e-12)
+            for bias in (True, False):
+                layer = NdLinear(dims, hidden, bias=bias, transform_outer=outer, init="reference", dtype=torch.float64)
+                x = torch.randn(2, *dims, dtype=torch.float64)
+                out = layer(x)
+                assert out.is_contiguous()
+                torch.testing.assert_close(out, kron_reference(layer, x), rtol=1e-12, atol=1e-12)
 
 
 def test_plan_avoids_copies_and_merges_small_trailing_modes():

@@ -2,5 +2,6 @@
 
 from zoo.models.base import ZooModule
 from zoo.models.classifier import ImageClassifier
+from zoo.models.forecaster import Forecaster
 
-__all__ = ["ImageClassifier", "ZooModule"]
+__all__ = ["Forecaster", "ImageClassifier", "ZooModule"]

@@ -1,10 +1,11 @@
 """What every zoo LightningModule shares: cheap training-step logging, parameter counts in the
-logs, one-line shape errors."""
+logs, one-line shape errors, and the default optimizer (AdamW under a per-step cosine schedule)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -12,7 +13,8 @@ from zoo.errors import ShapeError
 
 
 class ZooModule(LightningModule):
-    """A LightningModule that records its parameter counts with every run."""
+    """A LightningModule that records its parameter counts with every run. Subclasses that save
+    ``lr`` and ``weight_decay`` hyperparameters get AdamW with a cosine decay to 0 over the run."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,3 +63,9 @@ class ZooModule(LightningModule):
         if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
             want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
             raise ShapeError(f"{type(self).__name__}: {name} must have shape {want}, got {list(shape)}{hint}")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

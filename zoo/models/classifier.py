@@ -150,9 +150,3 @@ class ImageClassifier(ZooModule):
             image_grid(shown, log_dir / f"predictions{suffix}.png", [f"{p} ({y})" for p, y in pairs],
                        ["black" if p == y else "red" for p, y in pairs])
         print(f"wrote {len(rows)} predictions to {path}")
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

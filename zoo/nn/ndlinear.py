@@ -274,11 +274,11 @@ class NdLinear(nn.Module):
                 y = torch.bmm(expanded, y) if step_bias is None else torch.baddbmm(step_bias[:, None], expanded, y)
         if not steps and scale is not None:
             y = y * scale
-        if self._unpermute is not None:
+        if self._unpermute is not None:  # back to logical order (elementwise ops would keep the permuted layout)
             sizes = [self.hidden_size[k] for k in self.plan.physical]
-            y = y.view(batch, *sizes).permute(*self._unpermute)
+            y = y.view(batch, *sizes).permute(*self._unpermute).contiguous()
         if bias is not None:
-            y = y.reshape(batch, *self.hidden_size) + bias  # also the copy back into logical order
+            y = y.reshape(batch, *self.hidden_size) + bias
         return y.reshape(*lead, *self.hidden_size)
 
     def extra_repr(self) -> str:
