@@ -65,12 +65,18 @@ def zoo_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]
     return timer.epochs
 
 
-def lightning_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]]:
-    """The floor Lightning sets: a bare ``Trainer`` (no logger, progress bar, checkpoint or summary)."""
+def build(config: str):
+    """The config's model and DataModule, built directly from the YAML (short class names)."""
     cfg = yaml.safe_load(Path(config).read_text())
     torch.manual_seed(cfg.get("seed_everything", 0))
     model = getattr(zoo.models, cfg["model"]["class_path"])(**cfg["model"]["init_args"])
     data = getattr(data_modules, cfg["data"]["class_path"])(**cfg["data"]["init_args"])
+    return model, data
+
+
+def lightning_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]]:
+    """The floor Lightning sets: a bare ``Trainer`` (no logger, progress bar, checkpoint or summary)."""
+    model, data = build(config)
     timer = StepTimer()
     trainer = Trainer(max_epochs=epochs, max_steps=max_steps, logger=False, enable_progress_bar=False,
                       enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
@@ -80,10 +86,7 @@ def lightning_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[
 
 
 def plain_steps(config: str, epochs: int, max_steps: int = -1) -> list[list[float]]:
-    cfg = yaml.safe_load(Path(config).read_text())
-    torch.manual_seed(cfg.get("seed_everything", 0))
-    model = getattr(zoo.models, cfg["model"]["class_path"])(**cfg["model"]["init_args"])
-    data = getattr(data_modules, cfg["data"]["class_path"])(**cfg["data"]["init_args"])
+    model, data = build(config)
     data.setup("fit")
     loader = data.train_dataloader()
     hp = model.hparams

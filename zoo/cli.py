@@ -98,10 +98,10 @@ def summarize_parser_error(message: str) -> str:
 
 
 class ZooParser(LightningArgumentParser):
-    """Reports a bad argument in one line (``JSONARGPARSE_DEBUG=1`` raises the full report)."""
+    """Reports a bad argument in one line (``JSONARGPARSE_DEBUG=true`` raises the full report)."""
 
     def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG", "").lower() in ("1", "true", "yes", "on"):
             super().error(message, ex)
         sys.stderr.write(f"error: {summarize_parser_error(message)}\n")
         self.exit(2)
@@ -119,6 +119,8 @@ class ZooSaveConfig(SaveConfigCallback):
 
 
 class ZooCLI(LightningCLI):
+    """LightningCLI in subclass mode with the zoo's defaults (module docstring)."""
+
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
             model_class=LightningModule,

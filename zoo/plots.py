@@ -9,6 +9,17 @@ from pathlib import Path
 from torch import Tensor
 
 
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def image_grid(images: Tensor, path: str | Path, captions: Sequence[str] = (), colors: Sequence[str] = (),
                columns: int = 8) -> Path:
     """Save images ``[N, C, H, W]`` (C = 1 or 3, any value range: each image is min-max scaled)
@@ -32,12 +43,36 @@ def image_grid(images: Tensor, path: str | Path, captions: Sequence[str] = (), c
         ax.imshow(image[0] if image.shape[0] == 1 else image.permute(1, 2, 0), cmap="gray", interpolation="nearest")
         if i < len(captions):
             ax.set_title(captions[i], fontsize=8, color=colors[i] if i < len(colors) else "black")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-__all__ = ["image_grid"]
+
+
+
+def forecast_panel(history: Tensor, target: Tensor, forecast: Tensor, path: str | Path, channel: int = -1,
+                   title: str = "") -> Path:
+    """Plot windows side by side: look-back ``history [N, L, C]``, then ``target`` and
+    ``forecast [N, H, C]`` of one channel (the last, e.g. ETT's OT, by default)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history, target, forecast = (t.detach().float().cpu()[..., channel] for t in (history, target, forecast))
+    n, lookback, horizon = len(history), history.shape[1], target.shape[1]
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 2.8), squeeze=False)
+    past, future = range(lookback), range(lookback, lookback + horizon)
+    for i, ax in enumerate(axes[0]):
+        ax.plot(past, history[i], color="0.4", lw=1, label="look-back")
+        ax.plot(future, target[i], color="black", lw=1.2, label="truth")
+        ax.plot(future, forecast[i], color="tab:red", lw=1.2, label="forecast")
+        ax.axvline(lookback - 0.5, color="0.7", lw=0.8, ls="--")
+        ax.set_xlabel("step")
+        if i == 0:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+__all__ = ["forecast_panel", "image_grid"]

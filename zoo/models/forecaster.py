@@ -22,6 +22,8 @@ as in the ETT literature.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,8 +32,10 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from zoo.errors import ConfigError
 from zoo.models.base import ZooModule
 from zoo.nn import NdLinear
+from zoo.plots import forecast_panel
 
 LAYERS = ("dense", "ndlinear")
+PANELS = 4  # windows drawn in forecasts.png
 
 
 class FeedForward(nn.Module):
@@ -142,4 +146,17 @@ class Forecaster(ZooModule):
             self.log(f"{stage}/{name}", metric, prog_bar=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0])
+        x, y = batch
+        forecast = self(x)
+        if batch_idx == 0:
+            self._shown = (x[:PANELS].cpu(), y[:PANELS].cpu(), forecast[:PANELS].cpu())
+        return forecast
+
+    def on_predict_epoch_end(self) -> None:
+        """Plot the first windows' last channel (look-back, truth, forecast) to ``forecasts.png``."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
+            path = Path(log_dir or ".") / "forecasts.png"
+            forecast_panel(*self._shown, path, title=f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}")
+            print(f"wrote {path}")
+        self._shown = None
