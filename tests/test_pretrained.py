@@ -127,3 +127,10 @@ def test_register_trains_strips_and_records(tmp_path):
     assert "optimizer_states" not in stripped
     assert 0 <= entry["metrics"]["test/acc"] <= 1 and entry["configs"] == [DIGITS]
     assert json.loads((folder / "manifest.json").read_text())["tiny"]["sha256"] == entry["sha256"]
+
+
+def test_every_shipped_checkpoint_loads_with_its_class():
+    for name, entry in MANIFEST.items():
+        model = zoo.load_pretrained(name)
+        assert f"{type(model).__module__}.{type(model).__qualname__}" == entry["class_path"]
+        assert sum(p.numel() for p in model.parameters()) == entry["params"] and not model.training
