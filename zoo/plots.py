@@ -40,7 +40,8 @@ def image_grid(images: Tensor, path: str | Path, captions: Sequence[str] = (), c
         if i >= len(images):
             continue
         image = images[i]
-        ax.imshow(image[0] if image.shape[0] == 1 else image.permute(1, 2, 0), cmap="gray", interpolation="nearest")
+        pixels = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+        ax.imshow(pixels.numpy(), cmap="gray", interpolation="nearest")
         if i < len(captions):
             ax.set_title(captions[i], fontsize=8, color=colors[i] if i < len(colors) else "black")
     return _save(fig, path)
@@ -63,9 +64,9 @@ def forecast_panel(history: Tensor, target: Tensor, forecast: Tensor, path: str 
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 2.8), squeeze=False)
     past, future = range(lookback), range(lookback, lookback + horizon)
     for i, ax in enumerate(axes[0]):
-        ax.plot(past, history[i], color="0.4", lw=1, label="look-back")
-        ax.plot(future, target[i], color="black", lw=1.2, label="truth")
-        ax.plot(future, forecast[i], color="tab:red", lw=1.2, label="forecast")
+        ax.plot(past, history[i].numpy(), color="0.4", lw=1, label="look-back")
+        ax.plot(future, target[i].numpy(), color="black", lw=1.2, label="truth")
+        ax.plot(future, forecast[i].numpy(), color="tab:red", lw=1.2, label="forecast")
         ax.axvline(lookback - 0.5, color="0.7", lw=0.8, ls="--")
         ax.set_xlabel("step")
         if i == 0:
