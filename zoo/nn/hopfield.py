@@ -1,0 +1,122 @@
+"""Modern Hopfield retrieval: dense, sparse and kernelized, with its energy.
+
+Memories are the rows of ``memories [M, d]`` (the paper's columns of Xi), queries the rows of
+``x [B, d]``. One retrieval step (Ramsauer et al. 2021; Hu et al. 2023; Wu et al. 2024):
+
+    T(x) = Xi^T Sep(beta K(Xi, x)),   K(u, v) = <Phi(u), Phi(v)>
+
+``Sep`` is softmax (dense), sparsemax, 1.5-entmax or alpha-entmax; ``Phi`` is the identity
+(classic models) or a feature map such as U-Hop+'s linear ``Phi(u) = W u`` (kernelized Hopfield
+model, KHM). The output is always a combination of the raw memories. Each step lowers
+
+    E(x) = -(1/beta) Psi*(beta K(Xi, x)) + 1/2 ||Phi(x)||^2,
+    Psi*(z) = max_{p in simplex} <p, z> + H_alpha(p)            (= logsumexp(z) for softmax)
+
+(the concave-convex procedure; for a linear ``Phi`` the decrease holds in feature space, and
+constants such as ``log M / beta`` are dropped). ``retrieve`` runs up to ``steps`` updates and
+stops early once no query moves more than ``tol``.
+
+Memory: the feature map runs over the memories ``chunk_size`` rows at a time and once per call
+(not per step); the largest intermediate is the ``[B, M]`` score matrix (split a large query
+batch to bound it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from zoo.errors import ConfigError, ShapeError
+from zoo.nn.entmax import entmax15, entmax_bisect, sparsemax
+
+SEPARATIONS = ("softmax", "sparsemax", "entmax15", "entmax")
+FeatureMap = Callable[[Tensor], Tensor]
+
+
+def separate(scores: Tensor, kind: str = "softmax", alpha: float | Tensor = 1.5, dim: int = -1) -> Tensor:
+    """The separation function ``Sep`` applied to ``scores`` along ``dim``."""
+    if kind == "softmax":
+        return torch.softmax(scores, dim=dim)
+    if kind == "sparsemax":
+        return sparsemax(scores, dim=dim)
+    if kind == "entmax15":
+        return entmax15(scores, dim=dim)
+    if kind == "entmax":
+        return entmax_bisect(scores, alpha, dim=dim)
+    raise ConfigError(f"separation must be one of {SEPARATIONS}, got {kind!r}")
+
+
+def conjugate(scores: Tensor, kind: str = "softmax", alpha: float | Tensor = 1.5, dim: int = -1) -> Tensor:
+    """``Psi*(z) = <p, z> + H_alpha(p)`` at ``p = Sep(z)``: the convex function whose gradient is ``Sep``."""
+    if kind == "softmax":
+        return torch.logsumexp(scores, dim=dim)
+    p = separate(scores, kind, alpha, dim)
+    a = {"sparsemax": 2.0, "entmax15": 1.5}.get(kind, alpha)
+    a = torch.as_tensor(a, dtype=scores.dtype, device=scores.device)
+    while a.dim() and a.dim() < scores.dim():
+        a = a.unsqueeze(-1)
+    tsallis = (1 - (p**a).sum(dim=dim, keepdim=True)) / (a * (a - 1))
+    return ((p * scores).sum(dim=dim, keepdim=True) + tsallis).squeeze(dim)
+
+
+def _check(x: Tensor, memories: Tensor, beta: float) -> None:
+    if memories.dim() != 2 or memories.shape[0] == 0:
+        raise ShapeError(f"memories must be a non-empty [M, d] matrix, got shape {list(memories.shape)}")
+    if x.dim() != 2 or x.shape[1] != memories.shape[1]:
+        raise ShapeError(
+            f"queries must have shape [B, {memories.shape[1]}] to match memories [M, {memories.shape[1]}], "
+            f"got {list(x.shape)}"
+        )
+    if not beta > 0:
+        raise ConfigError(f"beta must be > 0, got {beta}")
+
+
+def memory_features(memories: Tensor, feature_map: FeatureMap | None = None, chunk_size: int | None = None) -> Tensor:
+    """``Phi`` of every memory, computed ``chunk_size`` memories at a time (the identity without a map)."""
+    if feature_map is None:
+        return memories
+    return torch.cat([feature_map(block) for block in memories.split(chunk_size or len(memories))])
+
+
+def similarities(x: Tensor, stored: Tensor, feature_map: FeatureMap | None = None) -> Tensor:
+    """``K(Xi, x) = Phi(x) Phi(Xi)^T`` as a ``[B, M]`` matrix, from the memories' features ``stored``."""
+    return (x if feature_map is None else feature_map(x)) @ stored.T
+
+
+def energy(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax", alpha: float | Tensor = 1.5,
+           feature_map: FeatureMap | None = None, chunk_size: int | None = None) -> Tensor:
+    """Hopfield energy of each query (module docstring), shape ``[B]``."""
+    _check(x, memories, beta)
+    scores = beta * similarities(x, memory_features(memories, feature_map, chunk_size), feature_map)
+    features = x if feature_map is None else feature_map(x)
+    return -conjugate(scores, kind, alpha) / beta + 0.5 * (features**2).sum(dim=-1)
+
+
+def retrieve(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax", alpha: float | Tensor = 1.5,
+             feature_map: FeatureMap | None = None, steps: int = 1, tol: float | None = None,
+             chunk_size: int | None = None) -> Tensor:
+    """Run up to ``steps`` updates ``x <- Xi^T Sep(beta K(Xi, x))``; stop early when every query
+    moved less than ``tol`` (Euclidean norm). Returns the retrieved patterns ``[B, d]``."""
+    _check(x, memories, beta)
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    stored = memory_features(memories, feature_map, chunk_size)
+    for _ in range(steps):
+        weights = separate(beta * similarities(x, stored, feature_map), kind, alpha)
+        updated = weights @ memories
+        moved = (updated - x).norm(dim=-1).max()
+        x = updated
+        if tol is not None and moved < tol:
+            break
+    return x
+
+
+def retrieval_weights(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax",
+                      alpha: float | Tensor = 1.5, feature_map: FeatureMap | None = None,
+                      chunk_size: int | None = None) -> Tensor:
+    """``Sep(beta K(Xi, x))`` for each query, ``[B, M]``: its support size is the size of the
+    metastable state the query falls into."""
+    _check(x, memories, beta)
+    return separate(beta * similarities(x, memory_features(memories, feature_map, chunk_size), feature_map), kind, alpha)
