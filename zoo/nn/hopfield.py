@@ -120,3 +120,52 @@ def retrieval_weights(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str 
     metastable state the query falls into."""
     _check(x, memories, beta)
     return separate(beta * similarities(x, memory_features(memories, feature_map, chunk_size), feature_map), kind, alpha)
+
+
+# -- U-Hop+ Stage I: a feature map under which the memories form a well-separated spherical code --
+class LinearFeatureMap(torch.nn.Module):
+    """``Phi(u) = W u`` with ``W: d -> D`` (the KHM's linear feature map), orthogonally initialized
+    so it starts full rank."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        if in_dim < 1 or out_dim < 1:
+            raise ConfigError(f"LinearFeatureMap sizes must be >= 1, got {in_dim} -> {out_dim}")
+        self.weight = torch.nn.Parameter(torch.empty(out_dim, in_dim))
+        torch.nn.init.orthogonal_(self.weight)
+
+    def forward(self, u: Tensor) -> Tensor:
+        return u @ self.weight.T
+
+
+def _pairwise_cosines(memories: Tensor, feature_map: FeatureMap | None) -> Tensor:
+    features = memories if feature_map is None else feature_map(memories)
+    features = torch.nn.functional.normalize(features, dim=-1)
+    return features @ features.T
+
+
+def separation_loss(memories: Tensor, feature_map: FeatureMap | None = None, tau: float = 0.1) -> Tensor:
+    """U-Hop+'s separation loss of a set of ``M >= 2`` memories (Wu, Hu et al., 2024):
+
+        L = (1/M) log[ 2/(M(M-1)) sum_{mu<nu} exp(<phi_mu, phi_nu> / tau) ],   phi = Phi(xi) / ||Phi(xi)||
+
+    a log-sum-exp relaxation of maximizing the smallest pairwise angle (the max-min as tau -> 0).
+    Only the ``M(M-1)/2`` pairs ``mu < nu`` enter the sum: the diagonal and the lower triangle are
+    excluded, not counted as ``exp(0)`` terms, and both operands keep their gradient.
+    """
+    m = len(memories)
+    if m < 2:
+        raise ShapeError(f"separation_loss needs at least 2 memories, got {m}")
+    if not tau > 0:
+        raise ConfigError(f"tau must be > 0, got {tau}")
+    rows, cols = torch.triu_indices(m, m, offset=1, device=memories.device)
+    pairs = _pairwise_cosines(memories, feature_map)[rows, cols] / tau
+    return (torch.logsumexp(pairs, dim=0) + torch.log(torch.tensor(2.0 / (m * (m - 1))))) / m
+
+
+def min_separation(memories: Tensor, feature_map: FeatureMap | None = None) -> Tensor:
+    """``1 - max_{mu != nu} cos(Phi(xi_mu), Phi(xi_nu))``: 0 for two identical directions, 1 for
+    orthogonal ones, 2 for opposite ones. U-Hop+ training should raise it."""
+    cosines = _pairwise_cosines(memories, feature_map)
+    cosines = cosines - 3 * torch.eye(len(memories), dtype=cosines.dtype, device=cosines.device)  # drop the diagonal
+    return 1 - cosines.max()
