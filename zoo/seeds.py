@@ -23,10 +23,9 @@ def run_seeds(seeds: list[int], cli_args: list[str]) -> dict:
 
     if len(seeds) < 2:
         raise ConfigError(f"give at least two seeds to get a spread, got {seeds}")
-    per_seed, root = [], None
+    root = Path(ZooCLI(args=cli_args, run=False).trainer.default_root_dir)
+    per_seed = []
     for seed in seeds:
-        probe = ZooCLI(args=cli_args, run=False)
-        root = Path(probe.trainer.default_root_dir)
         cli = ZooCLI(args=["fit", *cli_args, f"--seed_everything={seed}", f"--trainer.default_root_dir={root / f'seed{seed}'}"])
         callback = cli.trainer.checkpoint_callback
         best = (callback.best_model_path or callback.last_model_path) if callback is not None else None
@@ -43,7 +42,6 @@ def run_seeds(seeds: list[int], cli_args: list[str]) -> dict:
         "std": {k: statistics.stdev(r[k] for r in per_seed) for k in names},
         "runs": per_seed,
     }
-    assert root is not None
     root.mkdir(parents=True, exist_ok=True)
     (root / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

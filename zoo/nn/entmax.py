@@ -31,6 +31,13 @@ def _sorted_cumulative(z: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return z_sorted, z_sorted.cumsum(dim), ranks.view(shape)
 
 
+def _backward(grad: Tensor, weight: Tensor, dim: int) -> Tensor:
+    """Jacobian-vector product of every alpha-entmax: with ``w_i = p_i^(2 - alpha)`` on the support
+    (0 elsewhere), ``dz = w * g - w * sum(w * g) / sum(w)``."""
+    weighted = grad * weight
+    return weighted - weight * weighted.sum(dim=dim, keepdim=True) / weight.sum(dim=dim, keepdim=True)
+
+
 class SparsemaxFunction(torch.autograd.Function):
     """Euclidean projection onto the simplex: ``p = [z - tau]_+`` (alpha = 2)."""
 
@@ -48,10 +55,7 @@ class SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (p,) = ctx.saved_tensors
-        support = p > 0
-        grad = grad * support
-        mean = grad.sum(dim=ctx.dim, keepdim=True) / support.sum(dim=ctx.dim, keepdim=True)
-        return torch.where(support, grad - mean, torch.zeros_like(grad)), None
+        return _backward(grad, (p > 0).to(grad.dtype), ctx.dim), None  # alpha = 2: w is the support
 
 
 class Entmax15Function(torch.autograd.Function):
@@ -75,10 +79,7 @@ class Entmax15Function(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (p,) = ctx.saved_tensors
-        weight = p.sqrt()  # d p / d z on the support is 2 sqrt(p) * (1/2); the common factor cancels
-        weighted = grad * weight
-        q = weighted.sum(dim=ctx.dim, keepdim=True) / weight.sum(dim=ctx.dim, keepdim=True)
-        return weighted - q * weight, None
+        return _backward(grad, p.sqrt(), ctx.dim), None  # alpha = 1.5: w = sqrt(p)
 
 
 class EntmaxBisectFunction(torch.autograd.Function):
@@ -111,9 +112,7 @@ class EntmaxBisectFunction(torch.autograd.Function):
         p, alpha = ctx.saved_tensors
         dim = ctx.dim
         weight = torch.where(p > 0, p ** (2 - alpha), torch.zeros_like(p))
-        weighted = grad * weight
-        q = weighted.sum(dim=dim, keepdim=True) / weight.sum(dim=dim, keepdim=True)
-        grad_z = weighted - q * weight
+        grad_z = _backward(grad, weight, dim)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             # d p / d alpha from differentiating p = [(alpha-1) z - tau]_+^(1/(alpha-1)), sum p = 1

@@ -89,8 +89,8 @@ def energy(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax"
            feature_map: FeatureMap | None = None, chunk_size: int | None = None) -> Tensor:
     """Hopfield energy of each query (module docstring), shape ``[B]``."""
     _check(x, memories, beta)
-    scores = beta * similarities(x, memory_features(memories, feature_map, chunk_size), feature_map)
     features = x if feature_map is None else feature_map(x)
+    scores = beta * features @ memory_features(memories, feature_map, chunk_size).T
     return -conjugate(scores, kind, alpha) / beta + 0.5 * (features**2).sum(dim=-1)
 
 
@@ -106,9 +106,9 @@ def retrieve(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softma
     for _ in range(steps):
         weights = separate(beta * similarities(x, stored, feature_map), kind, alpha)
         updated = weights @ memories
-        moved = (updated - x).norm(dim=-1).max()
+        converged = tol is not None and (updated - x).norm(dim=-1).max() < tol
         x = updated
-        if tol is not None and moved < tol:
+        if converged:
             break
     return x
 

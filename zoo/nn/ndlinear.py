@@ -253,7 +253,7 @@ class NdLinear(nn.Module):
         for k in self._scalar_modes:
             scale = self.weights[k].view(()) if scale is None else scale * self.weights[k].view(())
         fused = self.biases is not None and self.plan.fused_bias
-        bias = None if fused or self.biases is None else self.effective_bias()
+        bias = None if fused else self.effective_bias()
         for i, step in enumerate(steps):
             weight = self.weights[step.modes[0]]
             for k in step.modes[1:]:
