@@ -1,19 +1,23 @@
 """Shared LightningDataModules of the zoo; none imports anything from ``zoo.models``."""
 
+from data_modules.bags import DigitBagsDataModule
 from data_modules.base import EpochSampler, TensorSet, ZooDataModule, seeded_split
 from data_modules.cifar import CIFARDataModule
 from data_modules.digits import DigitsDataModule
 from data_modules.image import ImageDataModule
+from data_modules.memories import MemoryDataModule
 from data_modules.mnist import MNISTDataModule, read_idx
 from data_modules.synthetic import SyntheticDataModule
 from data_modules.timeseries import TimeSeriesDataModule, WindowSet
 
 __all__ = [
     "CIFARDataModule",
+    "DigitBagsDataModule",
     "DigitsDataModule",
     "EpochSampler",
     "ImageDataModule",
     "MNISTDataModule",
+    "MemoryDataModule",
     "SyntheticDataModule",
     "TensorSet",
     "TimeSeriesDataModule",

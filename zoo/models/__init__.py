@@ -3,5 +3,7 @@
 from zoo.models.base import ZooModule
 from zoo.models.classifier import ImageClassifier
 from zoo.models.forecaster import Forecaster
+from zoo.models.hopfield_mil import HopfieldMIL
+from zoo.models.uhop import UHopPlus
 
-__all__ = ["Forecaster", "ImageClassifier", "ZooModule"]
+__all__ = ["Forecaster", "HopfieldMIL", "ImageClassifier", "UHopPlus", "ZooModule"]
