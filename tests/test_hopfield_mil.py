@@ -75,3 +75,19 @@ def test_bad_mil_settings():
         HopfieldMIL(separation_weight=-1)
     with pytest.raises(ConfigError, match="target must be a digit 0-9, got 12"):
         DigitBagsDataModule(target=12)
+
+
+@pytest.mark.parametrize("name", ["mil-digits-hopfield", "mil-digits-uhop"])
+def test_shipped_mil_models_reproduce_their_recorded_auroc(name):
+    import zoo
+    from torchmetrics.functional.classification import binary_auroc
+
+    from zoo.pretrained import read_manifest
+
+    model = zoo.load_pretrained(name)
+    data = DigitBagsDataModule(target=9, bag_size=10, num_train=200)  # the configs' data
+    data.setup()
+    instances, padding, labels = data.test_set.tensors
+    with torch.no_grad():
+        auroc = binary_auroc(torch.sigmoid(model(instances, padding)), labels.long()).item()
+    assert auroc == pytest.approx(read_manifest()[name]["metrics"]["test/auroc"], abs=1e-4)

@@ -138,3 +138,22 @@ def test_cli_names_a_width_mismatch_in_one_line(tmp_path, capsys):
         main(["fit", *quiet(tmp_path, "--model.in_dim=784", "--trainer.fast_dev_run=1")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "memories must have shape [M >= 2, 784], got [100, 64]" in err[0], err
+
+
+def test_shipped_feature_map_reproduces_its_recorded_retrieval():
+    import zoo
+    from zoo.pretrained import read_manifest
+
+    model = zoo.load_pretrained("uhop-digits")
+    recorded = read_manifest()["uhop-digits"]["metrics"]
+    data = MemoryDataModule(num_memories=100, noise_std=0.5, seed=0)  # configs/hopfield/uhop_digits.yaml
+    data.setup()
+    torch.testing.assert_close(model.memories, data.memories)
+    targets, masked, noisy = data.test_set.tensors
+    with torch.no_grad():
+        for name, queries in (("masked", masked), ("noisy", noisy)):
+            for variant, use_map in (("plain", False), ("uhop", True)):
+                metrics, _ = model.retrieval_metrics(queries, targets, "softmax", use_map)
+                for metric in ("sse", "success"):
+                    key = f"test/{name}/softmax/{variant}/{metric}"
+                    assert metrics[metric].mean().item() == pytest.approx(recorded[key], abs=1e-4), key
