@@ -191,3 +191,20 @@ def test_minimizing_the_separation_loss_raises_the_minimum_separation():
     after = min_separation(digits, phi).item()
     assert before < 0.05 and after > 0.3, (before, after)  # from near-duplicates to well separated
     assert separation_loss(digits, phi).item() < separation_loss(digits, None).item()
+
+
+def test_separation_loss_gradient_reaches_both_operands():
+    """The gradient of the loss equals that of its loop definition, which would not hold if one
+    side of each pair were detached (a defect of the public code)."""
+    from zoo.nn.hopfield import LinearFeatureMap, separation_loss
+
+    torch.manual_seed(1)
+    memories = torch.randn(5, 4, dtype=torch.float64)
+    phi = LinearFeatureMap(4, 6).double()
+    separation_loss(memories, phi, tau=0.2).backward()
+    fast = phi.weight.grad.clone()
+    phi.weight.grad = None
+    features = [f / f.norm() for f in phi(memories)]
+    terms = [torch.exp(features[a] @ features[b] / 0.2) for a in range(5) for b in range(a + 1, 5)]
+    (torch.log(2 / (5 * 4) * torch.stack(terms).sum()) / 5).backward()
+    torch.testing.assert_close(fast, phi.weight.grad)

@@ -158,7 +158,7 @@ class UHopPlus(ZooModule):
             raise ConfigError(f"beta must be > 0, got {beta}")
         x = queries
         for _ in range(self.hparams.steps):
-            weights = separate(beta * similarities(x, stored, feature_map), separation, self.hparams.alpha)
+            weights = separate(similarities(x, stored, feature_map, beta), separation, self.hparams.alpha)
             x = weights @ self.memories
         return x, weights
 
