@@ -157,3 +157,24 @@ def test_shipped_feature_map_reproduces_its_recorded_retrieval():
                 for metric in ("sse", "success"):
                     key = f"test/{name}/softmax/{variant}/{metric}"
                     assert metrics[metric].mean().item() == pytest.approx(recorded[key], abs=1e-4), key
+
+
+@pytest.mark.parametrize("source, width, shape", [("mnist", 784, (1, 28, 28)), ("cifar10", 3072, (3, 32, 32))])
+def test_memory_sets_from_mnist_and_cifar_files(source, width, shape, tmp_path):
+    """The memory set of the on-disk formats: the exact training images, flattened, in [0, 1]."""
+    from tests.test_data_modules import write_cifar, write_mnist
+
+    if source == "mnist":
+        (train_images, _), _ = write_mnist(tmp_path)
+        images = torch.as_tensor(train_images, dtype=torch.float32).flatten(1) / 255
+    else:
+        written = write_cifar(tmp_path, 10)
+        images = torch.cat([torch.as_tensor(written[f"data_batch_{i}"], dtype=torch.float32) for i in range(1, 6)]) / 255
+    data = MemoryDataModule(source=source, data_dir=str(tmp_path), num_memories=12, seed=0)
+    data.setup()
+    assert data.memories.shape == (12, width) and data.image_shape == shape
+    for memory in data.memories:  # every memory is one of the training images
+        assert (images - memory).abs().amax(-1).min() < 1e-6
+    model = UHopPlus(in_dim=width, feature_dim=32)
+    model.set_memories(data.memories)
+    assert model.retrieve(data.test_set.tensors[1])[0].shape == (12, width)
