@@ -133,14 +133,17 @@ def test_steps_stop_at_tolerance_and_fixed_points_are_kept():
     assert ((weights > 0).sum(-1) == 1).all()  # metastable states of size one
 
 
-def test_chunked_features_equal_unchunked():
+def test_chunked_features_equal_unchunked_with_gradients():
     torch.manual_seed(1)
     memories, queries = torch.randn(103, 10), torch.randn(7, 10)
-    weight = torch.randn(6, 10)
+    weight = torch.randn(6, 10, requires_grad=True)
     feature_map = lambda u: torch.tanh(u @ weight.T)  # noqa: E731
     full = retrieve(queries, memories, 1.0, "entmax15", feature_map=feature_map, steps=3)
+    (grad_full,) = torch.autograd.grad(full.square().sum(), weight)
     chunked = retrieve(queries, memories, 1.0, "entmax15", feature_map=feature_map, steps=3, chunk_size=10)
+    (grad_chunked,) = torch.autograd.grad(chunked.square().sum(), weight)
     torch.testing.assert_close(full, chunked)
+    torch.testing.assert_close(grad_full, grad_chunked)
 
 
 def test_bad_input():
@@ -208,3 +211,23 @@ def test_separation_loss_gradient_reaches_both_operands():
     terms = [torch.exp(features[a] @ features[b] / 0.2) for a in range(5) for b in range(a + 1, 5)]
     (torch.log(2 / (5 * 4) * torch.stack(terms).sum()) / 5).backward()
     torch.testing.assert_close(fast, phi.weight.grad)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15", "entmax_bisect"])
+@pytest.mark.parametrize("dim", [0, -1])
+def test_sparse_maps_match_the_reference_package(name, dim):
+    """Outputs and input gradients equal deep-spin's ``entmax`` 1.3 (the reference implementation)."""
+    import entmax as reference
+
+    ours = {"sparsemax": sparsemax, "entmax15": entmax15, "entmax_bisect": entmax_bisect}[name]
+    torch.manual_seed(2)
+    z = (3 * torch.randn(9, 17, dtype=torch.float64)).requires_grad_()
+    probe = torch.randn(9, 17, dtype=torch.float64)
+    results = []
+    for fn in (ours, getattr(reference, name)):
+        p = fn(z, dim=dim)
+        (grad,) = torch.autograd.grad((p * probe).sum(), z)
+        results.append((p, grad))
+    tol = 1e-6 if name == "entmax_bisect" else 1e-12
+    torch.testing.assert_close(results[0][0], results[1][0], atol=tol, rtol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=10 * tol, rtol=0)

@@ -77,12 +77,28 @@ def memory_features(memories: Tensor, feature_map: FeatureMap | None = None, chu
     """``Phi`` of every memory, computed ``chunk_size`` memories at a time (the identity without a map)."""
     if feature_map is None:
         return memories
-    return torch.cat([feature_map(block) for block in memories.split(chunk_size or len(memories))])
+    blocks = memories.split(chunk_size or len(memories))
+    first = feature_map(blocks[0])
+    if len(blocks) == 1:
+        return first
+    # write each block into one preallocated [M, D] output: peak memory is the features plus one
+    # block, not the features twice (a list of blocks and their concatenation)
+    features = first.new_empty((len(memories), *first.shape[1:]))
+    features[: len(first)] = first
+    start = len(first)
+    for block in blocks[1:]:
+        features[start : start + len(block)] = feature_map(block)
+        start += len(block)
+    return features
 
 
-def similarities(x: Tensor, stored: Tensor, feature_map: FeatureMap | None = None) -> Tensor:
-    """``K(Xi, x) = Phi(x) Phi(Xi)^T`` as a ``[B, M]`` matrix, from the memories' features ``stored``."""
-    return (x if feature_map is None else feature_map(x)) @ stored.T
+def similarities(x: Tensor, stored: Tensor, feature_map: FeatureMap | None = None, beta: float = 1.0) -> Tensor:
+    """``beta K(Xi, x) = beta Phi(x) Phi(Xi)^T`` as a ``[B, M]`` matrix, from the memories' features ``stored``."""
+    features = x if feature_map is None else feature_map(x)
+    # beta scales the [B, D] query features rather than the [B, M] product: the same numbers up to
+    # float rounding (the product is linear in each factor), but B*D multiplies instead of B*M and
+    # no second [B, M] tensor; this is what keeps one dense step at the cost of bare attention.
+    return (beta * features) @ stored.T
 
 
 def energy(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax", alpha: float | Tensor = 1.5,
@@ -104,7 +120,7 @@ def retrieve(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softma
         raise ConfigError(f"steps must be >= 1, got {steps}")
     stored = memory_features(memories, feature_map, chunk_size)
     for _ in range(steps):
-        weights = separate(beta * similarities(x, stored, feature_map), kind, alpha)
+        weights = separate(similarities(x, stored, feature_map, beta), kind, alpha)
         updated = weights @ memories
         converged = tol is not None and (updated - x).norm(dim=-1).max() < tol
         x = updated
@@ -119,7 +135,7 @@ def retrieval_weights(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str 
     """``Sep(beta K(Xi, x))`` for each query, ``[B, M]``: its support size is the size of the
     metastable state the query falls into."""
     _check(x, memories, beta)
-    return separate(beta * similarities(x, memory_features(memories, feature_map, chunk_size), feature_map), kind, alpha)
+    return separate(similarities(x, memory_features(memories, feature_map, chunk_size), feature_map, beta), kind, alpha)
 
 
 # -- U-Hop+ Stage I: a feature map under which the memories form a well-separated spherical code --
