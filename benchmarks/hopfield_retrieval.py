@@ -32,7 +32,8 @@ between rounds hits both sides alike.
    above its resident size before the call ("slack", 0 when the reset works): the increase can
    under-count by at most that much.
 
-Prints machine information, three markdown tables and one JSON line. Timing cases are sized from
+Prints machine information, three markdown tables and one JSON line, and draws section 3 to
+``--plot`` (``docs/hopfield/retrieval_growth.png``). Timing cases are sized from
 their warm-up: up to ``--iters`` calls per round while a round stays under 0.2 s, and at least 3
 of the ``--repeats`` rounds while a case stays under 10 s.
 """
@@ -287,12 +288,39 @@ def growth(args) -> list[dict]:
     return rows
 
 
+def plot_growth(rows: list[dict], path: Path) -> None:
+    """Time per call and peak memory vs M, both variants, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["M"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for variant, label in (("dense", "no feature map"), ("linear", f"linear Phi 784 -> {FEATURES}")):
+        axes[0].plot(sizes, [r["ms"][variant] for r in rows], marker="o", label=label)
+        axes[1].plot(sizes, [r["peak_mb"][variant] for r in rows], marker="o", label=label)
+    axes[1].plot(sizes, [r["memories_mb"] for r in rows], linestyle="--", color="gray", label="the memories themselves")
+    for ax, ylabel in zip(axes, ("ms per retrieval step (B = 64)", "peak memory of the call (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("number of memories M (d = 784)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--big", action="store_true", help=f"add the {list(BIG_SCORE_SHAPE)} score matrix to section 2")
+    parser.add_argument("--plot", default="docs/hopfield/retrieval_growth.png", help="where to draw section 3")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -300,6 +328,7 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.2f}\n")
     start = time.perf_counter()
     dense, sparse, grown = dense_step(args), sparse_separation(args), growth(args)
+    plot_growth(grown, Path(args.plot))
     print(f"total {time.perf_counter() - start:.0f} s; load average at end {os.getloadavg()[0]:.2f}")
     print(json.dumps({
         "benchmark": "hopfield_retrieval", "threads": args.threads, "repeats": args.repeats, "iters": args.iters,
