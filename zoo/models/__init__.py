@@ -2,8 +2,9 @@
 
 from zoo.models.base import ZooModule
 from zoo.models.classifier import ImageClassifier
+from zoo.models.dit import ConditionalDiT
 from zoo.models.forecaster import Forecaster
 from zoo.models.hopfield_mil import HopfieldMIL
 from zoo.models.uhop import UHopPlus
 
-__all__ = ["Forecaster", "HopfieldMIL", "ImageClassifier", "UHopPlus", "ZooModule"]
+__all__ = ["ConditionalDiT", "Forecaster", "HopfieldMIL", "ImageClassifier", "UHopPlus", "ZooModule"]
