@@ -7,6 +7,7 @@ from data_modules.digits import DigitsDataModule
 from data_modules.image import ImageDataModule
 from data_modules.memories import MemoryDataModule
 from data_modules.mnist import MNISTDataModule, read_idx
+from data_modules.subspace import SubspaceDataModule
 from data_modules.synthetic import SyntheticDataModule
 from data_modules.timeseries import TimeSeriesDataModule, WindowSet
 
@@ -18,6 +19,7 @@ __all__ = [
     "ImageDataModule",
     "MNISTDataModule",
     "MemoryDataModule",
+    "SubspaceDataModule",
     "SyntheticDataModule",
     "TensorSet",
     "TimeSeriesDataModule",

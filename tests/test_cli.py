@@ -138,7 +138,7 @@ def test_checkpointing_can_be_disabled(tmp_path):
 # -- errors: one line, naming the bad value, exit status 2 ---------------------------------------
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"],
-     "model: unknown class 'ImageClassifierX'; available: ConditionalDiT, Forecaster, HopfieldMIL, ImageClassifier, UHopPlus"),
+     "model: unknown class 'ImageClassifierX'; available: ConditionalDiT, Forecaster, HopfieldMIL, ImageClassifier, LatentDiT, UHopPlus"),
     (["--data", "Foo"], "data: unknown class 'Foo'; available: CIFARDataModule, DigitBagsDataModule, DigitsDataModule"),
     (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp', 'ndlinear'), got 'foo'"),
     (["--model.init_args.foo", "3"], "Option 'foo' is not accepted"),

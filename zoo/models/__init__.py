@@ -5,6 +5,7 @@ from zoo.models.classifier import ImageClassifier
 from zoo.models.dit import ConditionalDiT
 from zoo.models.forecaster import Forecaster
 from zoo.models.hopfield_mil import HopfieldMIL
+from zoo.models.latent_dit import LatentDiT
 from zoo.models.uhop import UHopPlus
 
-__all__ = ["ConditionalDiT", "Forecaster", "HopfieldMIL", "ImageClassifier", "UHopPlus", "ZooModule"]
+__all__ = ["ConditionalDiT", "Forecaster", "HopfieldMIL", "ImageClassifier", "LatentDiT", "UHopPlus", "ZooModule"]

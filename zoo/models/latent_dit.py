@@ -1,0 +1,193 @@
+"""Latent Diffusion Transformer on a linear latent space (Hu et al., "On Statistical Rates and
+Provably Efficient Criteria of Latent Diffusion Transformers (DiTs)", NeurIPS 2024).
+
+The data ``x in R^D`` lie near a subspace of dimension ``d0``. A linear encoder/decoder ``W``
+(``D x d0``; stored as ``encoder = nn.Linear(D, d0, bias=False)``, so ``W = encoder.weight^T``,
+encode ``z = W^T x``, decode ``W z``, initialised with orthonormal columns) is learned jointly
+with a DiT ``f`` (``zoo.nn.dit``) that runs on the latents. The paper's score network
+``s(x, t) = W f(W^T x, t) / sigma_t - x / sigma_t`` (``sigma_t = 1 - abar_t``, a variance)
+is, as the noise prediction ``eps = -sqrt(1 - abar_t) s`` of ``zoo.nn.diffusion``,
+
+    eps_theta(x_t, t) = (x_t - W f(W^T x_t, t)) / sqrt(1 - abar_t).
+
+With orthonormal ``W`` the component of ``x_t`` outside ``W``'s column space is mapped in closed
+form, ``(I - W W^T) x_t / sqrt(1 - abar_t)``, and only the latent part is learned. This is exact
+for ``x = B h``, ``h ~ N(0, I)``: the true noise (``SubspaceDataModule.true_eps``)
+
+    eps*(x_t) = sqrt(1 - abar) B B^T x_t + (I - B B^T) x_t / sqrt(1 - abar)
+
+is ``eps_theta`` with ``W = B`` and ``f*(z, t) = abar_t z``: a target of the size of ``z`` at
+every ``t`` (the scale ``1 / sqrt(1 - abar_t)`` sits outside the network, not in its output).
+
+Skip connection (``skip``, on by default). The DiT starts as the zero function (adaLN-Zero) and
+its LayerNorms discard the scale of ``z``, so a bare DiT is slow to represent the linear map
+``abar_t z``, and while ``f = 0`` no gradient reaches ``W`` at all. With ``skip`` the network is
+
+    f(z, t) = abar_t z + DiT(z, t),
+
+the preconditioning of EDM (Karras et al. 2022) for latents of unit variance: ``abar_t z_t`` is
+the best linear estimate of ``sqrt(abar_t) z_0`` for ``z_0`` of unit variance. It is exact for
+``h ~ N(0, I)`` at ``W = B`` with ``DiT = 0``, so on that data the fit is mostly the learning of
+``W``; the DiT learns what is not Gaussian (``mixture > 0``).
+
+Latents as a DiT input (``layout``): ``grid`` reshapes ``z [B, d0]`` to a ``s x s`` one-channel
+image (``d0 = s^2``; ``d0`` tokens of one value each, patch size 1, so attention mixes the latent
+coordinates); ``token`` makes it one ``1 x 1`` pixel of ``d0`` channels (a single token: the
+DiT reduces to its adaLN-modulated MLPs). The DiT is unconditional (labels are ignored).
+
+Metrics: ``val/loss`` (the training loss at timesteps and noise fixed by the batch index),
+``val/score_error`` (mean squared difference between ``eps_theta`` and the DataModule's
+``true_eps`` on ``x_t`` from validation ``x_0`` at such timesteps; only with a DataModule that
+has ``true_eps``, i.e. ``SubspaceDataModule`` with ``mixture = 0``) and ``val/subspace_error``
+``= ||P_W - B B^T||_F^2`` with ``P_W`` the projection onto ``W``'s column space (orthonormalised
+by QR; only with a DataModule that has ``basis``). The same with ``test/``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from zoo.errors import ConfigError, ShapeError
+from zoo.models.base import ZooModule
+from zoo.nn.diffusion import GaussianDiffusion
+from zoo.nn.dit import dit
+
+LAYOUTS = ("grid", "token")
+
+
+class LatentDiT(ZooModule):
+    """Linear encoder/decoder ``W`` + DiT on the latents + Gaussian diffusion (module docstring).
+
+    Args:
+        ambient_dim: D, the data's dimension.
+        latent_dim: d0 (1 <= d0 <= D); a perfect square for ``layout = grid``.
+        size: an entry of ``zoo.nn.dit.DIT_SIZES``.
+        layout: ``grid`` (d0 tokens) or ``token`` (one token of d0 channels).
+        num_steps, schedule: the diffusion (epsilon prediction).
+        skip: ``f(z, t) = abar_t z + DiT(z, t)`` (module docstring); false: ``f = DiT``.
+        lr, weight_decay: AdamW for the DiT under a per-step cosine schedule (as ``ZooModule``).
+        encoder_lr: AdamW's learning rate for ``W`` (no weight decay; Adam moves each entry by
+            about ``lr`` per step, so a DiT-sized rate rotates ``W`` too slowly).
+    """
+
+    def __init__(
+        self,
+        ambient_dim: int = 32,
+        latent_dim: int = 4,
+        size: str = "DiT-tiny",
+        layout: str = "grid",
+        num_steps: int = 1000,
+        schedule: str = "linear",
+        skip: bool = True,
+        lr: float = 0.001,
+        encoder_lr: float = 0.01,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 1 <= latent_dim <= ambient_dim:
+            raise ConfigError(f"LatentDiT: latent_dim must lie in [1, ambient_dim={ambient_dim}], "
+                              f"got latent_dim={latent_dim}")
+        if lr <= 0 or encoder_lr <= 0:
+            raise ConfigError(f"LatentDiT: lr and encoder_lr must be > 0, got lr={lr}, encoder_lr={encoder_lr}")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"LatentDiT: layout must be one of {LAYOUTS}, got {layout!r}")
+        side = math.isqrt(latent_dim)
+        if layout == "grid" and side * side != latent_dim:
+            raise ConfigError(f"LatentDiT: layout 'grid' needs a square latent_dim, got {latent_dim} "
+                              f"(use layout: token)")
+        self.save_hyperparameters()
+        self.encoder = nn.Linear(ambient_dim, latent_dim, bias=False)
+        nn.init.orthogonal_(self.encoder.weight)  # W^T W = I at the start
+        if layout == "grid":
+            self._latent_shape = (1, side, side)
+        else:
+            self._latent_shape = (latent_dim, 1, 1)
+        channels, input_size, _ = self._latent_shape
+        self.net = dit(size, patch_size=1, input_size=input_size, in_channels=channels, num_classes=0)
+        self.diffusion = GaussianDiffusion(num_steps, schedule, prediction="epsilon")
+
+    # -- the score network -------------------------------------------------------------------
+    @property
+    def W(self) -> Tensor:
+        """The decoder ``[D, d0]`` (the encoder is its transpose)."""
+        return self.encoder.weight.T
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """``eps_theta(x_t, t) = (x_t - W f(W^T x_t, t)) / sqrt(1 - abar_t)``: ``[B, D], [B] -> [B, D]``."""
+        self.check_shape("x", x, (None, self.hparams.ambient_dim),
+                         " (set model.init_args.ambient_dim to match the data)")
+        z = self.encoder(x).reshape(len(x), *self._latent_shape)
+        f = self.net(z, t).reshape(len(x), -1)
+        if self.hparams.skip:
+            abar = self.diffusion.alphas_cumprod[t.to(self.diffusion.betas.device)]
+            f = f + abar.to(device=x.device, dtype=x.dtype)[:, None] * z.reshape(len(x), -1)
+        decoded = f @ self.encoder.weight
+        b = self.diffusion.one_minus_alphas_cumprod.sqrt()[t.to(self.diffusion.betas.device)]
+        return (x - decoded) / b.to(device=x.device, dtype=x.dtype)[:, None]
+
+    # -- training and evaluation -------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _ = batch
+        loss = self.diffusion.training_loss(self, x)
+        self.log_train(batch_idx, loss=loss)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch, batch_idx)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate("test", batch, batch_idx)
+
+    def _data(self):
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def _evaluate(self, split: str, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        generator = torch.Generator(device=x.device).manual_seed(batch_idx)
+        t = torch.randint(0, self.diffusion.num_steps, (len(x),), generator=generator, device=x.device)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        loss = self.diffusion.training_loss(self, x, t=t, noise=noise)
+        self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
+        data = self._data()
+        if data is not None and hasattr(data, "true_eps") and not getattr(data, "mixture", 0):
+            x_t = self.diffusion.q_sample(x, t, noise)
+            table = self.diffusion
+            abar = table.alphas_cumprod[t.to(table.betas.device)].to(x.device)
+            one_minus = table.one_minus_alphas_cumprod[t.to(table.betas.device)].to(x.device)
+            error = ((self(x_t, t) - data.true_eps(x_t, abar, one_minus)) ** 2).mean()
+            self.log(f"{split}/score_error", error, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_subspace_error("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_subspace_error("test")
+
+    def _log_subspace_error(self, split: str) -> None:
+        data = self._data()
+        if data is not None and hasattr(data, "basis"):
+            self.log(f"{split}/subspace_error", self.subspace_error(data.basis), sync_dist=True)
+
+    def subspace_error(self, basis: Tensor) -> Tensor:
+        """``||P_W - B B^T||_F^2`` for a basis ``B [D, d0]`` with orthonormal columns."""
+        h = self.hparams
+        if tuple(basis.shape) != (h.ambient_dim, h.latent_dim):
+            raise ShapeError(f"LatentDiT: the data's basis has shape {list(basis.shape)}, the model expects "
+                             f"[{h.ambient_dim}, {h.latent_dim}] (ambient_dim, latent_dim)")
+        q, _ = torch.linalg.qr(self.W.detach().double())
+        b = basis.to(device=q.device, dtype=torch.float64)
+        return ((q @ q.T - b @ b.T) ** 2).sum().float()
+
+    def configure_optimizers(self):
+        h = self.hparams
+        optimizer = torch.optim.AdamW([
+            {"params": self.net.parameters(), "lr": h.lr, "weight_decay": h.weight_decay},
+            {"params": self.encoder.parameters(), "lr": h.encoder_lr, "weight_decay": 0.0},
+        ])
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
