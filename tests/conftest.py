@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -23,6 +24,16 @@ def _repo_root(monkeypatch):
     """Configs are given relative to the repository root, as in the README."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["zoo"])
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test of tiny tensors: more threads only add synchronization (and
+    stall on a busy 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(*args: str) -> "ZooCLI":  # noqa: F821

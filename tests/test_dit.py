@@ -16,13 +16,7 @@ from zoo.nn.dit import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: more threads only add synchronization (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -15,13 +15,7 @@ PURE = dict(stored_pattern_as_static=True, state_pattern_as_static=True, pattern
             disable_out_projection=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are tiny: more threads only add synchronization (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:

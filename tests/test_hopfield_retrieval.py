@@ -231,3 +231,11 @@ def test_sparse_maps_match_the_reference_package(name, dim):
     tol = 1e-6 if name == "entmax_bisect" else 1e-12
     torch.testing.assert_close(results[0][0], results[1][0], atol=tol, rtol=0)
     torch.testing.assert_close(results[0][1], results[1][1], atol=10 * tol, rtol=0)
+
+
+def test_retrieve_can_return_the_last_weights():
+    torch.manual_seed(3)
+    memories, x = torch.randn(9, 4), torch.randn(5, 4)
+    retrieved, weights = retrieve(x, memories, 2.0, "sparsemax", return_weights=True)
+    torch.testing.assert_close(weights, retrieval_weights(x, memories, beta=2.0, kind="sparsemax"))
+    torch.testing.assert_close(retrieved, weights @ memories)

@@ -16,12 +16,7 @@ from zoo.models import LatentDiT
 CONFIG = "configs/dit/latent_subspace.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force_eps(basis: torch.Tensor, x: torch.Tensor, abar: float) -> torch.Tensor:

@@ -64,8 +64,14 @@ class ZooModule(LightningModule):
             want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
             raise ShapeError(f"{type(self).__name__}: {name} must have shape {want}, got {list(shape)}{hint}")
 
+    def parameter_groups(self):
+        """What the default optimizer trains: all parameters, or AdamW parameter groups with their
+        own ``lr`` / ``weight_decay`` (the hyperparameters are the defaults)."""
+        return self.parameters()
+
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
         steps = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

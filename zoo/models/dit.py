@@ -109,14 +109,12 @@ class ConditionalDiT(ZooModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """``theta_ema <- d theta_ema + (1 - d) theta`` with the warm-up ``d`` (module docstring); buffers copied."""
+        """``theta_ema <- d theta_ema + (1 - d) theta`` with the warm-up ``d`` (module docstring). The
+        DiT's only buffer is its fixed position table, so there are no running statistics to copy."""
         step = self.global_step
         decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            ema, net = list(self.ema.parameters()), list(self.net.parameters())
-            torch._foreach_lerp_(ema, net, 1 - decay)
-            for target, source in zip(self.ema.buffers(), self.net.buffers()):
-                target.copy_(source)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - decay)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.log("val/loss", self._ema_loss(batch, batch_idx), prog_bar=True, sync_dist=True)
@@ -146,11 +144,9 @@ class ConditionalDiT(ZooModule):
         if h.num_classes and (labels.min() < 0 or labels.max() >= h.num_classes):
             raise ConfigError(f"labels must lie in [0, {h.num_classes - 1}], got {labels.min()}..{labels.max()}")
         shape = (len(labels), h.in_channels, h.input_size, h.input_size)
-        model = self.ema
-        kwargs = {}
+        model, kwargs = self.ema, {}
         if h.num_classes:
-            model = guided(self.ema, scale, self.ema.null_class) if scale != 1 else self.ema
-            kwargs = {"y": labels}
+            model, kwargs = guided(self.ema, scale, self.ema.null_class), {"y": labels}
         if steps == 0:
             x = self.diffusion.ddpm_sample(model, shape, generator=generator, progress=progress, clip_x0=True, **kwargs)
         else:

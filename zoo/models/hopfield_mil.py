@@ -96,12 +96,6 @@ class HopfieldMIL(ZooModule):
         self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
         self.val_acc, self.test_acc = BinaryAccuracy(), BinaryAccuracy()
 
-    def keys(self, embedded: Tensor) -> Tensor:
-        """``Phi(y) = W_K LN(y)``: the stored patterns in the pooling's key space."""
-        hopfield = self.pool.hopfield
-        normed = embedded if hopfield.norm_stored is None else hopfield.norm_stored(embedded)
-        return hopfield.key(normed)
-
     def forward(self, instances: Tensor, padding: Tensor) -> Tensor:
         """Bag logits ``[B]`` from ``instances [B, N, in_dim]`` and ``padding [B, N]`` (True = empty)."""
         self.check_shape("instances", instances, (None, None, self.hparams.in_dim))
@@ -114,7 +108,7 @@ class HopfieldMIL(ZooModule):
         task = F.binary_cross_entropy_with_logits(logits, labels)
         loss = task
         if self.hparams.separation_weight > 0:
-            separation = bag_separation_loss(self.keys(embedded), padding, self.hparams.tau)
+            separation = bag_separation_loss(self.pool.hopfield.keys(embedded), padding, self.hparams.tau)
             loss = task + self.hparams.separation_weight * separation
             self.log_train(batch_idx, loss=loss, bce=task, separation=separation)
         else:

@@ -150,15 +150,16 @@ class LatentDiT(ZooModule):
         generator = torch.Generator(device=x.device).manual_seed(batch_idx)
         t = torch.randint(0, self.diffusion.num_steps, (len(x),), generator=generator, device=x.device)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        loss = self.diffusion.training_loss(self, x, t=t, noise=noise)
+        x_t = self.diffusion.q_sample(x, t, noise)
+        eps = self(x_t, t)  # one forward for the loss and the score error
+        loss = ((eps - self.diffusion.target(x, t, noise)) ** 2).mean()  # the training loss at these t and noise
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
         data = self._data()
         if data is not None and hasattr(data, "true_eps") and not getattr(data, "mixture", 0):
-            x_t = self.diffusion.q_sample(x, t, noise)
             table = self.diffusion
             abar = table.alphas_cumprod[t.to(table.betas.device)].to(x.device)
             one_minus = table.one_minus_alphas_cumprod[t.to(table.betas.device)].to(x.device)
-            error = ((self(x_t, t) - data.true_eps(x_t, abar, one_minus)) ** 2).mean()
+            error = ((eps - data.true_eps(x_t, abar, one_minus)) ** 2).mean()
             self.log(f"{split}/score_error", error, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -182,12 +183,7 @@ class LatentDiT(ZooModule):
         b = basis.to(device=q.device, dtype=torch.float64)
         return ((q @ q.T - b @ b.T) ** 2).sum().float()
 
-    def configure_optimizers(self):
-        h = self.hparams
-        optimizer = torch.optim.AdamW([
-            {"params": self.net.parameters(), "lr": h.lr, "weight_decay": h.weight_decay},
-            {"params": self.encoder.parameters(), "lr": h.encoder_lr, "weight_decay": 0.0},
-        ])
-        steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def parameter_groups(self):
+        """The DiT at ``lr`` / ``weight_decay``, ``W`` at ``encoder_lr`` without decay (one cosine schedule)."""
+        return [{"params": self.net.parameters()},
+                {"params": self.encoder.parameters(), "lr": self.hparams.encoder_lr, "weight_decay": 0.0}]

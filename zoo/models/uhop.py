@@ -43,15 +43,7 @@ from torch import Tensor
 
 from zoo.errors import ConfigError, ShapeError
 from zoo.models.base import ZooModule
-from zoo.nn.hopfield import (
-    SEPARATIONS,
-    LinearFeatureMap,
-    memory_features,
-    min_separation,
-    separate,
-    separation_loss,
-    similarities,
-)
+from zoo.nn.hopfield import SEPARATIONS, LinearFeatureMap, min_separation, retrieve, separation_loss
 from zoo.plots import image_grid
 
 QUERIES = ("masked", "noisy")
@@ -151,16 +143,10 @@ class UHopPlus(ZooModule):
         self.check_shape("queries", queries, (None, self.hparams.in_dim))
         if len(self.memories) == 0:
             raise ConfigError("UHopPlus has no memory set: call set_memories or load a fitted checkpoint")
-        feature_map = self.feature_map if use_feature_map else None
-        stored = memory_features(self.memories, feature_map, self.hparams.chunk_size)
         beta = self.hparams.beta if beta is None else beta
-        if not beta > 0:
-            raise ConfigError(f"beta must be > 0, got {beta}")
-        x = queries
-        for _ in range(self.hparams.steps):
-            weights = separate(similarities(x, stored, feature_map, beta), separation, self.hparams.alpha)
-            x = weights @ self.memories
-        return x, weights
+        return retrieve(queries, self.memories, beta, separation, self.hparams.alpha,
+                        self.feature_map if use_feature_map else None, steps=self.hparams.steps,
+                        chunk_size=self.hparams.chunk_size, return_weights=True)
 
     def retrieval_metrics(self, queries: Tensor, targets: Tensor, separation: str, use_feature_map: bool,
                           beta: float | None = None) -> tuple[dict[str, Tensor], Tensor]:

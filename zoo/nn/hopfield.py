@@ -112,9 +112,11 @@ def energy(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax"
 
 def retrieve(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax", alpha: float | Tensor = 1.5,
              feature_map: FeatureMap | None = None, steps: int = 1, tol: float | None = None,
-             chunk_size: int | None = None) -> Tensor:
+             chunk_size: int | None = None, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Run up to ``steps`` updates ``x <- Xi^T Sep(beta K(Xi, x))``; stop early when every query
-    moved less than ``tol`` (Euclidean norm). Returns the retrieved patterns ``[B, d]``."""
+    moved less than ``tol`` (Euclidean norm). Returns the retrieved patterns ``[B, d]``, and with
+    ``return_weights`` also the last update's weights ``[B, M]`` (their support is the metastable
+    state the query fell into)."""
     _check(x, memories, beta)
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
@@ -126,7 +128,7 @@ def retrieve(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softma
         x = updated
         if converged:
             break
-    return x
+    return (x, weights) if return_weights else x
 
 
 def retrieval_weights(x: Tensor, memories: Tensor, beta: float = 1.0, kind: str = "softmax",

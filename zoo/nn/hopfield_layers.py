@@ -264,10 +264,19 @@ class Hopfield(nn.Module):
                              f"{list(stored.shape)}, {list(state.shape)} and {list(projection.shape)}")
         return stored, state, projection
 
+    def keys(self, stored: Tensor) -> Tensor:
+        """The stored patterns in key space, ``K = LN(Y) W_K`` of (1) with the heads side by side:
+        ``[B, S, d_y]`` -> ``[B, S, heads * hidden]`` (U-Hop+ reads it as the feature map ``Phi(Y)``)."""
+        return self._project(stored, self.norm_stored, self.key)
+
+    @staticmethod
+    def _project(x: Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | None) -> Tensor:
+        x = x if norm is None else norm(x)
+        return x if linear is None else linear(x)
+
     def _heads(self, x: Tensor, norm: nn.LayerNorm | None, linear: nn.Linear | None, name: str) -> Tensor:
         """``[B, N, d]`` -> LayerNorm -> projection -> ``[B, heads, N, d / heads]``."""
-        x = x if norm is None else norm(x)
-        x = x if linear is None else linear(x)
+        x = self._project(x, norm, linear)
         if x.shape[-1] % self.num_heads:
             raise ShapeError(f"Hopfield: static {name} width {x.shape[-1]} must be divisible by "
                              f"num_heads={self.num_heads}")
