@@ -59,7 +59,7 @@ class UHopPlus(ZooModule):
         tau: temperature of the separation loss.
         lr: Adam learning rate. The paper uses 0.1 for one epoch; on digits that lowers the
             smallest separation (measured 0.0144 -> 0.0013 after one epoch), 0.001 for 50 epochs
-            raises it (-> 0.089), see the README.
+            raises it (-> 0.072), see the README.
         beta: inverse temperature of retrieval.
         steps: retrieval updates per query.
         separations: separation functions evaluated at test time (of ``softmax``, ``sparsemax``,
