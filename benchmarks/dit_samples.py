@@ -4,7 +4,11 @@ DDIM vs DDPM time and quality, on scikit-learn's digits.
 A sample of class y counts as correct when the zoo's shipped digit classifier (``digits-cnn``,
 99.4 % test accuracy on real digits) predicts y. Diversity is the mean pairwise L2 distance
 between samples of the same class, divided by the same quantity for real training digits of
-that class (1 = as varied as the data; 0 = one image repeated). Same process, same threads.
+that class (1 = as varied as the data; 0 = one image repeated). FID is torchmetrics'
+``FrechetInceptionDistance`` with ``digits-cnn``'s penultimate layer (128 features) as the feature
+network (``zoo.models.classifier.ImageFeatures``; no Inception weights), samples against the real
+training digits; the first row is the floor: the real test digits against the same reference.
+Same process, same threads.
 
     python benchmarks/dit_samples.py --ckpt runs/dit/digits_tiny/checkpoints/last.ckpt
         [--per-class 50] [--scales 1 1.5 3 4] [--ddpm]
@@ -20,9 +24,11 @@ import platform
 import time
 
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 import zoo
 from data_modules import DigitsDataModule
+from zoo.models.classifier import ImageFeatures
 from zoo.models.dit import ConditionalDiT
 
 
@@ -57,6 +63,10 @@ def main() -> None:
     raw.setup()
     real_images, real_labels = raw.train_set.tensors
     real = diversity(real_images, real_labels)
+    fid = FrechetInceptionDistance(feature=ImageFeatures(classifier, mean, std), reset_real_features=False)
+    fid.update(real_images, real=True)
+    fid.update(raw.test_set.tensors[0], real=False)
+    floor = fid.compute().item()
 
     labels = torch.arange(10).repeat_interleave(args.per_class)
     runs = [("DDIM", args.steps, s) for s in args.scales]
@@ -72,17 +82,22 @@ def main() -> None:
         accuracy = (predicted == labels).float().mean().item()
         ours = diversity(samples, labels)
         relative = sum(ours[c] / real[c] for c in ours) / len(ours)
+        fid.reset()
+        fid.update(samples, real=False)
         rows.append({"sampler": sampler, "steps": steps or model.hparams.num_steps, "cfg_scale": scale,
-                     "accuracy": round(accuracy, 4), "diversity": round(relative, 3), "seconds": round(seconds, 2)})
+                     "accuracy": round(accuracy, 4), "diversity": round(relative, 3),
+                     "fid": round(fid.compute().item(), 3), "seconds": round(seconds, 2)})
 
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{args.per_class} samples per class; checkpoint {args.ckpt}\n")
-    print("| sampler | steps | CFG scale | classifier accuracy | diversity (real = 1) | seconds |")
-    print("|---|---|---|---|---|---|")
+    print("| sampler | steps | CFG scale | classifier accuracy | diversity (real = 1) | FID (digits-cnn) | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| real test digits | | | | | {floor:.3f} | |")
     for r in rows:
         print(f"| {r['sampler']} | {r['steps']} | {r['cfg_scale']} | {r['accuracy']:.3f} | {r['diversity']:.3f} "
-              f"| {r['seconds']:.1f} |")
-    print(json.dumps({"benchmark": "dit_samples", "checkpoint": args.ckpt, "per_class": args.per_class, "runs": rows}))
+              f"| {r['fid']:.3f} | {r['seconds']:.1f} |")
+    print(json.dumps({"benchmark": "dit_samples", "checkpoint": args.ckpt, "per_class": args.per_class,
+                      "fid_real_test": round(floor, 3), "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ For ``h ~ N(0, I)`` the noise the VP forward process ``x_t = sqrt(abar) x_0 + sq
 
     eps*(x_t) = E[eps | x_t] = -sqrt(1 - abar) grad log p_t(x_t) = sqrt(1 - abar) Sigma_t^{-1} x_t
               = sqrt(1 - abar) B B^T x_t + (I - B B^T) x_t / sqrt(1 - abar)        (``true_eps``).
+
+With the mixture it is closed form too. In latent coordinates ``z_t = B^T x_t`` each component is
+``N(sqrt(abar) mu_k, I)`` (``abar I + (1 - abar) I``) and the orthogonal part is ``N(0, (1 - abar) I)``
+whatever the label, so with the posterior ``w_k(z_t) = softmax_k(-||z_t - sqrt(abar) mu_k||^2 / 2)``
+
+    eps*(x_t) = sqrt(1 - abar) B (z_t - sqrt(abar) sum_k w_k mu_k) + (I - B B^T) x_t / sqrt(1 - abar),
+
+which is the Gaussian case for ``mu = 0``: a nonlinear target the DiT has to learn.
 """
 
 from __future__ import annotations
@@ -71,23 +79,28 @@ class SubspaceDataModule(SyntheticDataModule):
         return h @ self.basis.T, labels
 
     def true_eps(self, x_t: Tensor, abar: float | Tensor, one_minus_abar: float | Tensor | None = None) -> Tensor:
-        """``E[eps | x_t]`` for ``h ~ N(0, I)`` (module docstring), in ``x_t``'s dtype and device.
+        """``E[eps | x_t]`` (module docstring), in ``x_t``'s dtype and device.
 
         ``abar`` is a number or a tensor ``[B]`` (one per row of ``x_t [B, D]``); pass
         ``one_minus_abar`` as well where ``abar`` is so close to 1 that ``1 - abar`` rounds.
         """
-        if self.mixture:
-            raise ConfigError(f"true_eps is the closed form for h ~ N(0, I); this DataModule has mixture={self.mixture}")
         if x_t.dim() != 2 or x_t.shape[1] != self.ambient_dim:
             raise ShapeError(f"x_t must have shape [*, {self.ambient_dim}], got {list(x_t.shape)}")
         kwargs = dict(device=x_t.device, dtype=x_t.dtype)
         abar = torch.as_tensor(abar, **kwargs)
         one_minus = 1 - abar if one_minus_abar is None else torch.as_tensor(one_minus_abar, **kwargs)
+        if abar.dim() == 1:
+            abar = abar[:, None]
         if one_minus.dim() == 1:
             one_minus = one_minus[:, None]
         if (one_minus <= 0).any() or (one_minus > 1).any():
             raise ConfigError("1 - abar must lie in (0, 1]")
         basis = self.basis_float64.to(**kwargs)  # float32 rounding of B^T B = I would grow as 1 / (1 - abar)
-        inside = (x_t @ basis) @ basis.T
+        z = x_t @ basis
+        inside = z @ basis.T
+        if self.mixture:
+            centres = abar.sqrt()[..., None] * self.means.to(**kwargs)  # [B or 1, K, d0]
+            weights = torch.softmax(-0.5 * ((z[:, None, :] - centres) ** 2).sum(-1), dim=-1)  # [B, K]
+            z = z - (weights[..., None] * centres).sum(1)
         b = one_minus.sqrt()
-        return b * inside + (x_t - inside) / b
+        return b * (z @ basis.T) + (x_t - inside) / b

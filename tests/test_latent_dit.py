@@ -60,8 +60,25 @@ def test_mixture_returns_labels_in_the_span():
     x, labels = dm.train_set.tensors
     assert set(labels.tolist()) == {0, 1, 2}
     torch.testing.assert_close(x @ dm.basis @ dm.basis.T, x, atol=1e-5, rtol=0)
-    with pytest.raises(ConfigError, match="mixture=3"):
-        dm.true_eps(x, 0.5)
+    h = x @ dm.basis
+    for k in range(3):  # each component is N(mu_k, I) in latent coordinates
+        assert (h[labels == k].mean(0) - dm.means[k]).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("abar", [0.999, 0.5, 0.01])
+def test_mixture_true_eps_matches_autograd_of_the_mixture_marginal(abar):
+    """``x_t ~ (1/K) sum_k N(sqrt(abar) B mu_k, abar B B^T + (1 - abar) I)``, by autograd in float64."""
+    dm = SubspaceDataModule(ambient_dim=10, latent_dim=3, mixture=4, seed=5)
+    basis, means = dm.basis_float64, dm.means.double()
+    cov = abar * basis @ basis.T + (1 - abar) * torch.eye(10, dtype=torch.float64)
+    x = (torch.randn(12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_(True)
+    log_p = torch.logsumexp(torch.stack([
+        torch.distributions.MultivariateNormal(math.sqrt(abar) * basis @ mu, cov).log_prob(x) for mu in means]), dim=0)
+    (grad,) = torch.autograd.grad(log_p.sum(), x)
+    expected = -math.sqrt(1 - abar) * grad
+    torch.testing.assert_close(dm.true_eps(x.detach(), abar), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dm.true_eps(x.detach(), torch.full((12,), abar, dtype=torch.float64)), expected,
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_latent_dit_with_the_true_basis_and_skip_is_exact_on_gaussian_latents():
@@ -85,6 +102,39 @@ def test_latent_dit_with_the_true_basis_and_skip_is_exact_on_gaussian_latents():
 def test_token_layout_runs_any_latent_dim():
     model = LatentDiT(ambient_dim=10, latent_dim=3, layout="token")
     assert model(torch.randn(5, 10), torch.arange(5)).shape == (5, 10)
+
+
+def test_in_context_conditioning_starts_at_the_skip_and_sees_the_time():
+    """The time is a token (the theory paper's form): the zero-initialised output layer makes the DiT
+    start at ``f = abar z`` as adaLN-Zero does; after a change of weights the output depends on t."""
+    model = LatentDiT(ambient_dim=8, latent_dim=4, conditioning="in_context").double()
+    assert model.net.conditioning == "in_context"
+    dm = SubspaceDataModule(ambient_dim=8, latent_dim=4, seed=0)
+    with torch.no_grad():
+        model.encoder.weight.copy_(dm.basis_float64.T)
+    x, t = torch.randn(6, 8, dtype=torch.float64), torch.tensor([0, 10, 100, 400, 800, 999])
+    table = model.diffusion
+    torch.testing.assert_close(model(x, t), dm.true_eps(x, table.alphas_cumprod[t], table.one_minus_alphas_cumprod[t]))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.net.final.linear.weight)
+    a = model(x[:1].repeat(2, 1), torch.tensor([10, 900]))
+    b = dm.true_eps(x[:1].repeat(2, 1), table.alphas_cumprod[[10, 900]], table.one_minus_alphas_cumprod[[10, 900]])
+    assert not torch.allclose(a - b, (a - b)[[1, 0]])  # the correction differs between the two times
+    with pytest.raises(ConfigError, match="conditioning must be one of"):
+        LatentDiT(conditioning="cross")
+
+
+def test_sample_is_seeded_and_restores_the_training_mode():
+    model = LatentDiT(ambient_dim=8, latent_dim=4, eval_steps=5)
+    model.train()
+    a = model.sample(6, generator=torch.Generator().manual_seed(3))
+    b = model.sample(6, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (6, 8) and torch.equal(a, b) and model.training
+    assert not torch.equal(a, model.sample(6, generator=torch.Generator().manual_seed(4)))
+    ddpm = model.sample(6, steps=0, generator=torch.Generator().manual_seed(3))
+    assert ddpm.shape == (6, 8) and not torch.equal(ddpm, a)
+    with pytest.raises(ConfigError, match=r"eval_samples must be >= 2 and eval_steps >= 0 \(0: DDPM\)"):
+        LatentDiT(eval_steps=-1)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -114,3 +164,11 @@ def test_cli_fit_lowers_score_and_subspace_errors(tmp_path):
     metrics = cli.trainer.callback_metrics
     assert float(metrics["val/subspace_error"]) < 0.1  # a random 4-plane in R^32 is at ~7
     assert float(metrics["val/score_error"]) < 0.05
+    untrained = LatentDiT(ambient_dim=32, latent_dim=4, eval_samples=256)
+    trained = LatentDiT.load_from_checkpoint(next(tmp_path.rglob("last.ckpt")), weights_only=True, eval_samples=256)
+    w2 = {}
+    for name, model in (("untrained", untrained), ("trained", trained)):
+        (result,) = cli.trainer.test(model, datamodule=cli.datamodule, verbose=False)
+        w2[name] = result["test/w2"]
+        assert {"test/mmd", "test/sliced_w2", "test/score_error", "test/subspace_error"} <= set(result)
+    assert w2["trained"] < 0.1 * w2["untrained"]  # exact W2^2 to N(0, B B^T) of the samples' Gaussian fit

@@ -100,6 +100,12 @@ class ImageClassifier(ZooModule):
                          " (set model.init_args.in_channels / image_size to match the data)")
         return self.head(self.stem(images))
 
+    def features(self, images: Tensor) -> Tensor:
+        """The head's input to its last Linear ``[B, F]``: the penultimate activations (``hidden``
+        wide for ``mlp``), used as the feature space of FID (:class:`ImageFeatures`)."""
+        self.check_shape("images", images, (None, *self.input_shape))
+        return self.head[:-1](self.stem(images)).flatten(1)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         loss = F.cross_entropy(self(images), labels)
@@ -150,3 +156,28 @@ class ImageClassifier(ZooModule):
             image_grid(shown, log_dir / f"predictions{suffix}.png", [f"{p} ({y})" for p, y in pairs],
                        ["black" if p == y else "red" for p, y in pairs])
         print(f"wrote {len(rows)} predictions to {path}")
+
+
+class ImageFeatures(nn.Module):
+    """A trained :class:`ImageClassifier` as the feature network of torchmetrics'
+    ``FrechetInceptionDistance(feature=ImageFeatures(...))``: FID without hub weights (Inception
+    cannot be downloaded here), in the feature space of a classifier this project trained and ships
+    (``digits-cnn``). Takes images in ``[0, 1]`` and standardizes them as the classifier's training
+    data were (``(x - mean) / std``); returns ``[B, num_features]``.
+    """
+
+    def __init__(self, classifier: ImageClassifier, mean: float, std: float) -> None:
+        super().__init__()
+        self.classifier = classifier.eval().requires_grad_(False)
+        self.mean, self.std = float(mean), float(std)
+        with torch.no_grad():
+            self.num_features = self(torch.zeros(1, *classifier.input_shape)).shape[1]
+
+    def train(self, mode: bool = True) -> "ImageFeatures":
+        """Stays in eval mode: BatchNorm must use the classifier's running statistics."""
+        return super().train(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.classifier.features((images - self.mean) / self.std)
+

@@ -33,14 +33,20 @@ the best linear estimate of ``sqrt(abar_t) z_0`` for ``z_0`` of unit variance. I
 Latents as a DiT input (``layout``): ``grid`` reshapes ``z [B, d0]`` to a ``s x s`` one-channel
 image (``d0 = s^2``; ``d0`` tokens of one value each, patch size 1, so attention mixes the latent
 coordinates); ``token`` makes it one ``1 x 1`` pixel of ``d0`` channels (a single token: the
-DiT reduces to its adaLN-modulated MLPs). The DiT is unconditional (labels are ignored).
+DiT reduces to its adaLN-modulated MLPs). The DiT is unconditional (labels are ignored); the time
+enters by adaLN-Zero or, as in the theory paper, as an in-context token (``conditioning``).
 
 Metrics: ``val/loss`` (the training loss at timesteps and noise fixed by the batch index),
 ``val/score_error`` (mean squared difference between ``eps_theta`` and the DataModule's
 ``true_eps`` on ``x_t`` from validation ``x_0`` at such timesteps; only with a DataModule that
-has ``true_eps``, i.e. ``SubspaceDataModule`` with ``mixture = 0``) and ``val/subspace_error``
+has ``true_eps``, i.e. ``SubspaceDataModule``) and ``val/subspace_error``
 ``= ||P_W - B B^T||_F^2`` with ``P_W`` the projection onto ``W``'s column space (orthonormalised
-by QR; only with a DataModule that has ``basis``). The same with ``test/``.
+by QR; only with a DataModule that has ``basis``). The same with ``test/``, where ``test`` also
+draws ``eval_samples`` samples (DDPM ancestral over all steps for ``eval_steps = 0``, else DDIM with
+``eval_steps`` steps) and logs their distance to the test set:
+``test/mmd`` (unbiased squared MMD, Gaussian kernel at the median bandwidth), ``test/sliced_w2``
+(squared sliced W2) and, for Gaussian latents (``mixture = 0``), ``test/w2``: the exact squared W2
+between the samples' Gaussian fit and the true ``N(0, B B^T)`` (``zoo.metrics``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.errors import ConfigError, ShapeError
+from zoo.metrics import gaussian_w2, mmd, sliced_wasserstein
 from zoo.models.base import ZooModule
 from zoo.nn.diffusion import GaussianDiffusion
 from zoo.nn.dit import dit
@@ -66,11 +73,13 @@ class LatentDiT(ZooModule):
         latent_dim: d0 (1 <= d0 <= D); a perfect square for ``layout = grid``.
         size: an entry of ``zoo.nn.dit.DIT_SIZES``.
         layout: ``grid`` (d0 tokens) or ``token`` (one token of d0 channels).
+        conditioning: how the DiT sees the time, ``adaln_zero`` or ``in_context`` (``zoo.nn.dit``).
         num_steps, schedule: the diffusion (epsilon prediction).
         skip: ``f(z, t) = abar_t z + DiT(z, t)`` (module docstring); false: ``f = DiT``.
         lr, weight_decay: AdamW for the DiT under a per-step cosine schedule (as ``ZooModule``).
         encoder_lr: AdamW's learning rate for ``W`` (no weight decay; Adam moves each entry by
             about ``lr`` per step, so a DiT-sized rate rotates ``W`` too slowly).
+        eval_samples, eval_steps, sample_seed: the samples ``test`` draws (module docstring).
     """
 
     def __init__(
@@ -79,12 +88,16 @@ class LatentDiT(ZooModule):
         latent_dim: int = 4,
         size: str = "DiT-tiny",
         layout: str = "grid",
+        conditioning: str = "adaln_zero",
         num_steps: int = 1000,
         schedule: str = "linear",
         skip: bool = True,
         lr: float = 0.001,
         encoder_lr: float = 0.01,
         weight_decay: float = 0.0,
+        eval_samples: int = 512,
+        eval_steps: int = 0,
+        sample_seed: int = 0,
     ) -> None:
         super().__init__()
         if not 1 <= latent_dim <= ambient_dim:
@@ -94,6 +107,9 @@ class LatentDiT(ZooModule):
             raise ConfigError(f"LatentDiT: lr and encoder_lr must be > 0, got lr={lr}, encoder_lr={encoder_lr}")
         if layout not in LAYOUTS:
             raise ConfigError(f"LatentDiT: layout must be one of {LAYOUTS}, got {layout!r}")
+        if eval_samples < 2 or eval_steps < 0:
+            raise ConfigError(f"LatentDiT: eval_samples must be >= 2 and eval_steps >= 0 (0: DDPM), "
+                              f"got eval_samples={eval_samples}, eval_steps={eval_steps}")
         side = math.isqrt(latent_dim)
         if layout == "grid" and side * side != latent_dim:
             raise ConfigError(f"LatentDiT: layout 'grid' needs a square latent_dim, got {latent_dim} "
@@ -106,7 +122,8 @@ class LatentDiT(ZooModule):
         else:
             self._latent_shape = (latent_dim, 1, 1)
         channels, input_size, _ = self._latent_shape
-        self.net = dit(size, patch_size=1, input_size=input_size, in_channels=channels, num_classes=0)
+        self.net = dit(size, patch_size=1, input_size=input_size, in_channels=channels, num_classes=0,
+                       conditioning=conditioning)
         self.diffusion = GaussianDiffusion(num_steps, schedule, prediction="epsilon")
 
     # -- the score network -------------------------------------------------------------------
@@ -155,7 +172,7 @@ class LatentDiT(ZooModule):
         loss = ((eps - self.diffusion.target(x, t, noise)) ** 2).mean()  # the training loss at these t and noise
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
         data = self._data()
-        if data is not None and hasattr(data, "true_eps") and not getattr(data, "mixture", 0):
+        if data is not None and hasattr(data, "true_eps"):
             table = self.diffusion
             abar = table.alphas_cumprod[t.to(table.betas.device)].to(x.device)
             one_minus = table.one_minus_alphas_cumprod[t.to(table.betas.device)].to(x.device)
@@ -167,6 +184,45 @@ class LatentDiT(ZooModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_subspace_error("test")
+        data = self._data()
+        if data is None or not hasattr(data, "test_set"):
+            return
+        real = data.test_set.tensors[0]
+        generator = torch.Generator(device=self.device).manual_seed(self.hparams.sample_seed)
+        count = 16 if self.trainer.fast_dev_run else self.hparams.eval_samples  # a dry run checks the path only
+        fake = self.sample(count, generator=generator).cpu()
+        self.log("test/mmd", mmd(fake, real).float(), sync_dist=True)
+        count = min(len(fake), len(real))
+        directions = torch.Generator().manual_seed(self.hparams.sample_seed)
+        self.log("test/sliced_w2", sliced_wasserstein(fake[:count], real[:count], generator=directions).float(),
+                 sync_dist=True)
+        if hasattr(data, "basis") and not getattr(data, "mixture", 0):
+            basis = data.basis_float64
+            w2 = gaussian_w2(fake, torch.zeros(len(basis), dtype=torch.float64), basis @ basis.T)
+            self.log("test/w2", w2.float(), sync_dist=True)
+
+    @torch.no_grad()
+    def sample(self, n: int, steps: int | None = None, generator: torch.Generator | None = None,
+               progress: bool = False) -> Tensor:
+        """``n`` samples ``[n, D]`` in eval mode: DDPM ancestral for ``steps = 0``, else DDIM (eta 0)
+        over ``steps`` respaced steps; ``steps`` defaults to ``eval_steps``.
+
+        DDPM is the default because deterministic DDIM integrates the model's error: in this score
+        form ``x0^ = (x_t - sqrt(1 - abar) eps^) / sqrt(abar)`` multiplies an error of ``eps^`` by
+        ``1 / sqrt(abar_t)`` (~150 at t = T), and a systematic error there moves every sample.
+        """
+        steps = self.hparams.eval_steps if steps is None else steps
+        if steps < 0:
+            raise ConfigError(f"steps must be >= 0 (0: DDPM), got {steps}")
+        shape = (n, self.hparams.ambient_dim)
+        training = self.training
+        self.eval()
+        try:
+            if steps == 0:
+                return self.diffusion.ddpm_sample(self, shape, generator=generator, progress=progress)
+            return self.diffusion.ddim_sample(self, shape, steps, generator=generator, progress=progress)
+        finally:
+            self.train(training)
 
     def _log_subspace_error(self, split: str) -> None:
         data = self._data()

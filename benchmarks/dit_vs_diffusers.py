@@ -1,0 +1,115 @@
+"""zoo's DiT against diffusers' ``DiTTransformer2DModel`` at the same size: training step and
+sampling forward throughput, same process, same threads, same shapes.
+
+Both models: adaLN-Zero, 1,000 classes, GELU (tanh), out channels = in channels (no learned
+sigma). Training step = forward + MSE loss + backward + AdamW step; sampling forward = no-grad
+forward of a batch doubled as under classifier-free guidance. The two models alternate for
+``--repeats`` rounds of ``--iters`` calls after a warm-up; the median per call is reported.
+diffusers is a benchmark-only dependency: ``pip install -e ".[bench]"``.
+
+    python benchmarks/dit_vs_diffusers.py [--threads 2] [--repeats 5] [--iters 2]
+
+Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from diffusers import DiTTransformer2DModel
+
+from zoo.nn.dit import DIT_SIZES, dit
+
+CASES = [("DiT-S", 2, 16, 4, 8), ("DiT-S", 2, 32, 4, 4), ("DiT-B", 4, 32, 4, 4)]  # size, patch, side, channels, batch
+
+
+def reference(size: str, patch: int, side: int, channels: int) -> DiTTransformer2DModel:
+    spec = DIT_SIZES[size]
+    return DiTTransformer2DModel(num_attention_heads=spec["num_heads"],
+                                 attention_head_dim=spec["hidden_size"] // spec["num_heads"], in_channels=channels,
+                                 out_channels=channels, num_layers=spec["depth"], sample_size=side, patch_size=patch,
+                                 num_embeds_ada_norm=1000)
+
+
+def timed(fn, repeats_iters: tuple[int, int], samples: list[float]) -> None:
+    _, iters = repeats_iters
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    samples.append((time.perf_counter() - start) / iters)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+    for size, patch, side, channels, batch in CASES:
+        ours = dit(size, patch_size=patch, input_size=side, in_channels=channels, num_classes=1000)
+        theirs = reference(size, patch, side, channels)
+        x = torch.randn(batch, channels, side, side)
+        t = torch.randint(0, 1000, (batch,))
+        y = torch.randint(0, 1000, (batch,))
+        target = torch.randn_like(x)
+        calls = {
+            "zoo": (lambda x, t, y: ours(x, t, y), ours),
+            "diffusers": (lambda x, t, y: theirs(x, timestep=t, class_labels=y).sample, theirs),
+        }
+        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (_, model) in calls.items()}
+        times = {(name, kind): [] for name in calls for kind in ("train", "sample")}
+
+        def step(name):
+            forward, model = calls[name]
+            model.train()
+            loss = ((forward(x, t, y) - target) ** 2).mean()
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+
+        @torch.no_grad()
+        def sample(name):
+            forward, model = calls[name]
+            model.eval()
+            forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y]))
+
+        for name in calls:  # warm-up
+            step(name)
+            sample(name)
+        for _ in range(args.repeats):
+            for name in calls:
+                timed(lambda: step(name), (args.repeats, args.iters), times[(name, "train")])
+                timed(lambda: sample(name), (args.repeats, args.iters), times[(name, "sample")])
+        row = {"model": f"{size}/{patch}", "input": f"{side}x{side}x{channels}", "batch": batch,
+               "params_zoo": sum(p.numel() for p in ours.parameters()),
+               "params_diffusers": sum(p.numel() for p in theirs.parameters())}
+        for kind in ("train", "sample"):
+            a, b = (statistics.median(times[(n, kind)]) * 1000 for n in ("zoo", "diffusers"))
+            row[f"{kind}_ms_zoo"], row[f"{kind}_ms_diffusers"], row[f"{kind}_speedup"] = round(a, 2), round(b, 2), round(b / a, 3)
+        rows.append(row)
+
+    import diffusers
+
+    print(f"machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}; median of {args.repeats} rounds x {args.iters} calls")
+    print("| model | input | batch | params zoo / diffusers | train step ms zoo / diffusers | speed-up | "
+          "sampling forward (2B) ms zoo / diffusers | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['params_zoo']:,} / {r['params_diffusers']:,} | "
+              f"{r['train_ms_zoo']:.1f} / {r['train_ms_diffusers']:.1f} | {r['train_speedup']:.2f}x | "
+              f"{r['sample_ms_zoo']:.1f} / {r['sample_ms_diffusers']:.1f} | {r['sample_speedup']:.2f}x |")
+    print(json.dumps({"benchmark": "dit_vs_diffusers", "threads": args.threads, "torch": torch.__version__,
+                      "diffusers": diffusers.__version__, "machine": platform.machine(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
