@@ -205,6 +205,10 @@ def main(args: list[str] | None = None) -> None:
             from zoo.seeds import seeds_main
 
             seeds_main(argv[1:])
+        elif argv[0] == "dp-strings":
+            from zoo.dp_strings import main as dp_strings_main
+
+            dp_strings_main(argv[1:])
         else:
             ZooCLI(args=args)
     except (ZooError, MisconfigurationException) as err:
