@@ -18,7 +18,7 @@ Log-log slopes are least-squares fits over the seeds' points.
 
     python benchmarks/latent_dit_rates.py [--steps 400] [--seeds 0 1] [--mixture 0] [--threads 1] [--quick]
 
-Prints a table and one JSON line; writes docs/dit/latent_rates.json and latent_rates.png.
+Prints a table and one JSON line; writes docs/dit/<--name>.json and .png (default latent_rates).
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="n in {16, 1024}, D in {8, 64}, 150 steps, 1 seed")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--name", default="latent_rates", help="file name of the JSON and PNG under --out")
     args = parser.parse_args()
     if args.quick:
         args.n, args.dims, args.steps, args.seeds = [16, 1024], [8, 64], 150, [0]
@@ -167,8 +168,8 @@ def main() -> None:
     print(f"slope vs D: {slopes['D']:.2f}   ({result['seconds']} s)")
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "latent_rates.json").write_text(json.dumps(result, indent=1))
-        plot(result, args.out / "latent_rates.png")
+        (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+        plot(result, args.out / f"{args.name}.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("n_sweep", "D_sweep")}))
 
 
