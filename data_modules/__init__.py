@@ -1,9 +1,12 @@
 """Shared LightningDataModules of the zoo; none imports anything from ``zoo.models``."""
 
+from data_modules.antibody import AntibodySequenceDataModule
 from data_modules.bags import DigitBagsDataModule
 from data_modules.base import EpochSampler, TensorSet, ZooDataModule, seeded_split
 from data_modules.cifar import CIFARDataModule
+from data_modules.complexes import ComplexDataModule
 from data_modules.digits import DigitsDataModule
+from data_modules.icl_tasks import ICLTaskDataModule
 from data_modules.image import ImageDataModule
 from data_modules.memories import MemoryDataModule
 from data_modules.mnist import MNISTDataModule, read_idx
@@ -12,10 +15,13 @@ from data_modules.synthetic import SyntheticDataModule
 from data_modules.timeseries import TimeSeriesDataModule, WindowSet
 
 __all__ = [
+    "AntibodySequenceDataModule",
     "CIFARDataModule",
+    "ComplexDataModule",
     "DigitBagsDataModule",
     "DigitsDataModule",
     "EpochSampler",
+    "ICLTaskDataModule",
     "ImageDataModule",
     "MNISTDataModule",
     "MemoryDataModule",

@@ -138,8 +138,8 @@ def test_checkpointing_can_be_disabled(tmp_path):
 # -- errors: one line, naming the bad value, exit status 2 ---------------------------------------
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"],
-     "model: unknown class 'ImageClassifierX'; available: ConditionalDiT, Forecaster, HopfieldMIL, ImageClassifier, LatentDiT, UHopPlus"),
-    (["--data", "Foo"], "data: unknown class 'Foo'; available: CIFARDataModule, DigitBagsDataModule, DigitsDataModule"),
+     "model: unknown class 'ImageClassifierX'; available: AntibodyLM, ConditionalDiT, Forecaster, HopfieldMIL, ImageClassifier, InContextRegression, LatentDiT, UHopPlus"),
+    (["--data", "Foo"], "data: unknown class 'Foo'; available: AntibodySequenceDataModule, CIFARDataModule, "),
     (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp', 'ndlinear'), got 'foo'"),
     (["--model.init_args.foo", "3"], "Option 'foo' is not accepted"),
     (["--model.lr", "abc"], "Expected a <class 'float'>. Got value: abc"),
@@ -193,6 +193,12 @@ def test_fast_dev_run_of_every_experiment(config, tmp_path):
     elif data == "TimeSeriesDataModule":  # an ETT-shaped file: date + 7 columns, 14,400 rows
         (tmp_path / "data").mkdir()
         write_ett(tmp_path / "data" / "ETTh1.csv", rows=14400, columns=7)
+        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+    elif data == "AntibodySequenceDataModule":  # real OAS columns, 40 written heavy chains
+        from tests.test_antibody_data import antibody_rows, write_csv
+
+        (tmp_path / "data").mkdir()
+        write_csv(tmp_path / "data" / "oas_human_heavy_2k.csv", antibody_rows(40))
         extra = [f"--data.data_dir={tmp_path / 'data'}"]
     cli = run_cli("fit", "--config", config, f"--trainer.default_root_dir={tmp_path}", "--trainer.fast_dev_run=1",
                   "--trainer.enable_progress_bar=false", *extra)

@@ -1,11 +1,16 @@
 """One LightningModule per paper (or paper family); each imports only ``zoo.nn`` layers."""
 
+from zoo.models.antibody_lm import AntibodyLM
 from zoo.models.base import ZooModule
 from zoo.models.classifier import ImageClassifier
 from zoo.models.dit import ConditionalDiT
 from zoo.models.forecaster import Forecaster
 from zoo.models.hopfield_mil import HopfieldMIL
+from zoo.models.icl import InContextRegression
 from zoo.models.latent_dit import LatentDiT
 from zoo.models.uhop import UHopPlus
 
-__all__ = ["ConditionalDiT", "Forecaster", "HopfieldMIL", "ImageClassifier", "LatentDiT", "UHopPlus", "ZooModule"]
+__all__ = [
+    "AntibodyLM", "ConditionalDiT", "Forecaster", "HopfieldMIL", "ImageClassifier", "InContextRegression", "LatentDiT",
+    "UHopPlus", "ZooModule",
+]

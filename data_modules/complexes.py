@@ -1,0 +1,444 @@
+"""Antibody-antigen complexes from PDB files (Biopython ``Bio.PDB``): per-residue atoms, frames, CDRs,
+epitope, a CDR-H3 patch for model input, a DataModule split by complex, and writing designs back to PDB.
+
+Files follow the Antibody Docking and Affinity Benchmark (Guest et al. 2021): ``complexes/<ID>_r_b.pdb``
+holds the antibody chains, ``<ID>_l_b.pdb`` the antigen chains, in one frame; ``cases.tsv`` names the
+chains (``1S78_DC:A``: antibody chains D and C, antigen chain A); ``affinities.tsv`` gives ΔG (kcal/mol).
+
+Per residue (:class:`Complex`): the amino acid (``zoo.nn.energy.AMINO_ACIDS`` order, 20 = unknown), heavy
+atoms in the **atom14** layout (``zoo.nn.energy.ATOM14``: N, CA, C, O, then the side chain in PDB naming
+order, 14 slots) with a mask of the atoms present, chain and residue ids, the role (heavy, light,
+antigen), the CDR (1-6 = H1, H2, H3, L1, L2, L3, IMGT via ``data_modules.numbering.cdr_spans``) and the
+epitope flag. Hydrogens, OXT, waters and ligands are dropped; MSE is read as MET and PCA
+(pyroglutamate) as GLN; the alternate location Biopython selects (highest occupancy) is kept; residues
+without all of N, CA and C are dropped (no frame without them).
+
+Heavy or light: the antibody chain order in ``cases.tsv`` is not always heavy first (``1AHW_AB``: A is the
+light chain), so each chain is typed by its IMGT J motif (W-G-x-G at 118 for heavy, F-G-x-G for light);
+a single antibody chain is a heavy-chain-only antibody (VHH); when the motif does not decide, the
+listed order (heavy first) does.
+
+Epitope: antigen residues with a heavy atom within ``epitope_cutoff`` (default 4.5 A, a usual heavy-atom
+contact distance) of a heavy atom of any CDR. Patch (DiffAb's ``patch_around_anchor`` idea, Luo et al.
+2022; its default size 128): the ``patch_size`` residues, antibody and antigen together, whose C-alpha is
+closest to the C-alpha of any CDR-H3 residue (the CDR-H3 itself included), centred on the CDR-H3 C-alpha
+centroid.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from Bio.PDB import PDBIO, PDBParser
+from Bio.PDB.StructureBuilder import StructureBuilder
+from torch import Tensor
+
+from data_modules.base import TensorSet, ZooDataModule, seeded_split
+from data_modules.numbering import cdr_spans, imgt_anchors
+from zoo.errors import ConfigError, MalformedDataError, MissingDataError
+from zoo.nn.energy import AMINO_ACIDS, ATOM14, ONE_TO_THREE, THREE_TO_ONE, UNKNOWN
+
+MODIFIED = {"MSE": ("MET", {"SE": "SD"}), "PCA": ("GLN", {"OE": "OE1"})}
+ROLES = ("heavy", "light", "antigen")
+CDR_NAMES = ("H1", "H2", "H3", "L1", "L2", "L3")  # cdr flag k + 1
+H3 = CDR_NAMES.index("H3") + 1
+
+
+@dataclass
+class Case:
+    """One complex of ``cases.tsv``: its id and chain ids (antibody chains as listed, antigen chains)."""
+
+    name: str
+    antibody: tuple[str, ...]
+    antigen: tuple[str, ...]
+
+
+@dataclass
+class Complex:
+    """A parsed complex; every tensor's first dimension is the residue (antibody chains first)."""
+
+    name: str
+    aa: Tensor  # [N] long
+    coords: Tensor  # [N, 14, 3] float32, atom14
+    atom_mask: Tensor  # [N, 14] bool
+    chain: Tensor  # [N] long, index into chain_ids
+    chain_ids: list[str]
+    resseq: Tensor  # [N] long, PDB residue numbers
+    icode: list[str]  # PDB insertion codes
+    role: Tensor  # [N] long, index into ROLES
+    cdr: Tensor  # [N] long, 0 = framework / antigen, k = CDR_NAMES[k - 1]
+    epitope: Tensor  # [N] bool
+
+    def __len__(self) -> int:
+        return len(self.aa)
+
+    @property
+    def antigen_mask(self) -> Tensor:
+        return self.role == ROLES.index("antigen")
+
+    @property
+    def cdr_h3_mask(self) -> Tensor:
+        return self.cdr == H3
+
+    def sequence(self, mask: Tensor | None = None) -> str:
+        index = self.aa if mask is None else self.aa[mask]
+        return "".join((AMINO_ACIDS + "X")[i] for i in index.tolist())
+
+    def frames(self) -> Tensor:
+        """Local frame per residue ``[N, 3, 3]`` (columns e1, e2, e3) from N, CA, C (:func:`local_frames`)."""
+        return local_frames(self.coords[:, 0], self.coords[:, 1], self.coords[:, 2])
+
+    def to_dict(self) -> dict:
+        """Plain tensors, strings and lists only: loads with ``torch.load(weights_only=True)``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Complex":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def local_frames(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
+    """Gram-Schmidt frame ``[..., 3, 3]`` per residue: e1 along CA->C, e2 the part of CA->N orthogonal to e1,
+    e3 = e1 x e2 (right-handed, as DiffAb's ``construct_3d_basis(CA, C, N)``). Columns are e1, e2, e3."""
+    e1 = torch.nn.functional.normalize(c - ca, dim=-1)
+    u = n - ca
+    e2 = torch.nn.functional.normalize(u - (u * e1).sum(-1, keepdim=True) * e1, dim=-1)
+    return torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-1)
+
+
+def read_cases(path: str | Path) -> list[Case]:
+    """``cases.tsv`` rows as :class:`Case` (the first column, e.g. ``1S78_DC:A``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(f"no cases file {str(path)!r}")
+    cases = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader, None)
+        for line, row in enumerate(reader, start=2):
+            if not row or not row[0].strip():
+                continue
+            field = row[0].strip()
+            try:
+                name, chains = field.split("_")
+                antibody, antigen = chains.split(":")
+            except ValueError as err:
+                raise MalformedDataError(
+                    f"{path}:{line}: {field!r} is not <ID>_<antibody chains>:<antigen chains>") from err
+            if not (name and antibody and antigen):
+                raise MalformedDataError(f"{path}:{line}: {field!r} lacks an id, antibody chains or antigen chains")
+            cases.append(Case(name, tuple(antibody), tuple(antigen)))
+    return cases
+
+
+def read_affinities(path: str | Path) -> dict[str, float]:
+    """``affinities.tsv``: complex id -> experimental ΔG (kcal/mol)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(f"no affinities file {str(path)!r}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    column = next((k for k in (rows[0] if rows else {}) if k.startswith("ΔG")), None)
+    if column is None:
+        raise MalformedDataError(f"{path}: no 'ΔG (kcal/mol)' column")
+    try:
+        return {row["Case"].strip(): float(row[column]) for row in rows}
+    except (KeyError, ValueError) as err:
+        raise MalformedDataError(f"{path}: bad row ({err})") from err
+
+
+Residue = tuple[str, int, str, dict[str, list[float]]]  # one-letter aa, number, insertion code, atoms
+
+
+def _read_chains(path: Path, chain_ids: tuple[str, ...]) -> dict[str, list[Residue]]:
+    """Per requested chain: (one-letter aa, residue number, insertion code, {atom14 name: xyz}) per residue."""
+    if not path.is_file():
+        raise MissingDataError(f"no PDB file {str(path)!r}")
+    try:
+        structure = PDBParser(QUIET=True).get_structure(path.stem, str(path))
+    except Exception as err:  # Biopython raises several types on garbage
+        raise MalformedDataError(f"{path}: not a readable PDB file ({err})") from err
+    models = list(structure)
+    if not models:
+        raise MalformedDataError(f"{path}: no model (no ATOM records)")
+    present = [c.id for c in models[0]]
+    chains = {}
+    for chain_id in chain_ids:
+        if chain_id not in present:
+            raise MalformedDataError(f"{path}: chain {chain_id!r} not found; chains present: {present}")
+        residues = []
+        for residue in models[0][chain_id]:
+            name = residue.get_resname()
+            renames = {}
+            if name in MODIFIED:
+                name, renames = MODIFIED[name]
+            elif residue.id[0] != " ":
+                continue
+            one = THREE_TO_ONE.get(name, "X")
+            atoms = {}
+            for atom in residue:
+                atom_name = renames.get(atom.get_id(), atom.get_id())
+                if atom_name in ATOM14[one]:
+                    atoms[atom_name] = atom.get_coord().tolist()
+            if all(a in atoms for a in ("N", "CA", "C")):
+                residues.append((one, residue.id[1], residue.id[2], atoms))
+        if not residues:
+            raise MalformedDataError(f"{path}: chain {chain_id!r} has no amino-acid residue with N, CA and C")
+        chains[chain_id] = residues
+    return chains
+
+
+def _heavy_or_light(sequence: str) -> str | None:
+    """``H`` or ``L`` from the IMGT J motif residue 118 (W heavy, F light); None if it does not decide."""
+    votes = set()
+    for kind, motif in (("H", "W"), ("L", "F")):
+        try:
+            if sequence[imgt_anchors(sequence, kind)[118]] == motif:
+                votes.add(kind)
+        except MalformedDataError:
+            continue
+    return votes.pop() if len(votes) == 1 else None
+
+
+def load_complex(complexes_dir: str | Path, case: Case, epitope_cutoff: float = 4.5,
+                 require_cdrs: bool = True) -> Complex:
+    """Parse ``<ID>_r_b.pdb`` and ``<ID>_l_b.pdb`` of one case; number the CDRs; mark the epitope.
+
+    Raises ``MissingDataError`` for a missing file and ``MalformedDataError`` naming the file and chain for an
+    unreadable file, an absent chain or (with ``require_cdrs``) an antibody chain whose CDRs cannot be
+    numbered; without ``require_cdrs`` such a chain simply has no CDR flags (enough for whole-interface energies).
+    """
+    folder = Path(complexes_dir)
+    antibody_path, antigen_path = folder / f"{case.name}_r_b.pdb", folder / f"{case.name}_l_b.pdb"
+    if len(case.antibody) > 2 or len(set(case.antibody + case.antigen)) != len(case.antibody + case.antigen):
+        raise MalformedDataError(f"case {case.name}: expected 1-2 antibody chains and distinct chain ids, "
+                                 f"got antibody {case.antibody}, antigen {case.antigen}")
+    antibody = _read_chains(antibody_path, case.antibody)
+    antigen = _read_chains(antigen_path, case.antigen)
+    sequences = {cid: "".join(r[0] for r in residues) for cid, residues in antibody.items()}
+    if len(case.antibody) == 1:
+        kinds = {case.antibody[0]: "H"}
+    else:
+        kinds = {cid: _heavy_or_light(seq) for cid, seq in sequences.items()}
+        if set(kinds.values()) != {"H", "L"}:
+            kinds = dict(zip(case.antibody, "HL"))
+    order = sorted(case.antibody, key=lambda cid: kinds[cid])  # heavy first
+    aa, coords, mask, chain, resseq, icode, role, cdr = [], [], [], [], [], [], [], []
+    chain_ids = [*order, *case.antigen]
+    for index, cid in enumerate(chain_ids):
+        residues = antibody.get(cid) or antigen[cid]
+        kind = kinds.get(cid)
+        flags = [0] * len(residues)
+        if kind is not None:
+            try:
+                spans = cdr_spans(sequences[cid], kind)
+            except MalformedDataError as err:
+                if require_cdrs:
+                    raise MalformedDataError(
+                        f"{antibody_path}: chain {cid!r} ({kind}): CDRs not numbered: {err}") from err
+                spans = {}
+            for name, (start, end) in spans.items():
+                flags[start:end] = [CDR_NAMES.index(name) + 1] * (end - start)
+        for (one, number, code, atoms), flag in zip(residues, flags):
+            slots = ATOM14[one]
+            xyz = torch.zeros(14, 3)
+            present = torch.zeros(14, dtype=torch.bool)
+            for slot, name in enumerate(slots):
+                if name in atoms:
+                    xyz[slot] = torch.tensor(atoms[name])
+                    present[slot] = True
+            aa.append(AMINO_ACIDS.index(one) if one != "X" else UNKNOWN)
+            coords.append(xyz)
+            mask.append(present)
+            chain.append(index)
+            resseq.append(number)
+            icode.append(code)
+            role.append(ROLES.index("antigen") if kind is None else ROLES.index("heavy" if kind == "H" else "light"))
+            cdr.append(flag)
+    complex_ = Complex(case.name, torch.tensor(aa), torch.stack(coords), torch.stack(mask), torch.tensor(chain),
+                       chain_ids, torch.tensor(resseq), icode, torch.tensor(role), torch.tensor(cdr),
+                       torch.zeros(len(aa), dtype=torch.bool))
+    complex_.epitope = epitope_mask(complex_, epitope_cutoff)
+    return complex_
+
+
+def epitope_mask(complex_: Complex, cutoff: float = 4.5) -> Tensor:
+    """Antigen residues with any heavy atom within ``cutoff`` A of any heavy atom of any CDR residue."""
+    cdr_atoms = complex_.coords[complex_.cdr > 0][complex_.atom_mask[complex_.cdr > 0]]
+    antigen = complex_.antigen_mask
+    if len(cdr_atoms) == 0:
+        return torch.zeros(len(complex_), dtype=torch.bool)
+    distance = torch.cdist(complex_.coords[antigen].reshape(-1, 3), cdr_atoms).amin(-1).reshape(-1, 14)
+    near = ((distance < cutoff) & complex_.atom_mask[antigen]).any(-1)
+    out = torch.zeros(len(complex_), dtype=torch.bool)
+    out[antigen] = near
+    return out
+
+
+def cdr_h3_patch(complex_: Complex, size: int = 128) -> Tensor:
+    """Indices (ascending) of the ``size`` residues whose C-alpha is nearest to any CDR-H3 C-alpha."""
+    h3 = complex_.cdr_h3_mask
+    if not h3.any():
+        raise MalformedDataError(f"complex {complex_.name}: no CDR-H3 residue to build a patch around")
+    distance = torch.cdist(complex_.coords[:, 1], complex_.coords[h3, 1]).amin(-1)
+    return torch.sort(torch.topk(distance, min(size, len(complex_)), largest=False).indices).values
+
+
+def write_pdb(complex_: Complex, path: str | Path, sequence: str | None = None, coords: Tensor | None = None,
+              atom_mask: Tensor | None = None) -> Path:
+    """Write a complex, or a design of it, to PDB with ``Bio.PDB.PDBIO``.
+
+    ``sequence`` (one letter per residue, all chains) replaces residue types; ``coords [N, 14, 3]`` replaces
+    coordinates; ``atom_mask [N, 14]`` says which atoms to write. Without ``atom_mask``, a residue whose type
+    changed is written with its backbone only (its side chain was not designed).
+    """
+    n = len(complex_)
+    sequence = complex_.sequence() if sequence is None else sequence
+    coords = complex_.coords if coords is None else coords
+    if len(sequence) != n or coords.shape != (n, 14, 3):
+        raise ConfigError(f"write_pdb: sequence of {len(sequence)} and coords {tuple(coords.shape)} "
+                          f"must match {n} residues [N, 14, 3]")
+    if atom_mask is None:
+        changed = torch.tensor([a != b for a, b in zip(sequence, complex_.sequence())], dtype=torch.bool)
+        atom_mask = complex_.atom_mask.clone()
+        atom_mask[changed, 4:] = False
+        atom_mask[changed, :4] = True
+    builder = StructureBuilder()
+    builder.init_structure(complex_.name)
+    builder.init_model(0)
+    serial = 1
+    for index, cid in enumerate(complex_.chain_ids):
+        builder.init_chain(cid)
+        builder.init_seg("    ")
+        for i in torch.nonzero(complex_.chain == index).flatten().tolist():
+            one = sequence[i]
+            if one not in ONE_TO_THREE and one != "X":
+                raise ConfigError(f"write_pdb: residue {i} has amino acid {one!r}, expected one of {AMINO_ACIDS}X")
+            builder.init_residue(ONE_TO_THREE.get(one, "UNK"), " ", int(complex_.resseq[i]), complex_.icode[i])
+            for slot, name in enumerate(ATOM14[one]):
+                if atom_mask[i, slot]:
+                    builder.init_atom(name, coords[i, slot].detach().double().numpy(), 0.0, 1.0, " ",
+                                      f" {name:<3}", serial, element=name[0])
+                    serial += 1
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io = PDBIO()
+    io.set_structure(builder.get_structure())
+    io.save(str(path))
+    return path
+
+
+def read_pdb_complex(path: str | Path, like: Complex) -> Complex:
+    """Read back a file written by :func:`write_pdb` with the chain layout, roles and CDR flags of ``like``."""
+    chains = _read_chains(Path(path), tuple(like.chain_ids))
+    residues = [r for cid in like.chain_ids for r in chains[cid]]
+    if len(residues) != len(like):
+        raise MalformedDataError(f"{path}: {len(residues)} residues, expected {len(like)} as in {like.name}")
+    coords, mask = torch.zeros(len(like), 14, 3), torch.zeros(len(like), 14, dtype=torch.bool)
+    for i, (one, _, _, atoms) in enumerate(residues):
+        for slot, name in enumerate(ATOM14[one]):
+            if name in atoms:
+                coords[i, slot], mask[i, slot] = torch.tensor(atoms[name]), True
+    aa = torch.tensor([AMINO_ACIDS.index(r[0]) if r[0] != "X" else UNKNOWN for r in residues])
+    return Complex(like.name, aa, coords, mask, like.chain.clone(), list(like.chain_ids),
+                   torch.tensor([r[1] for r in residues]), [r[2] for r in residues], like.role.clone(),
+                   like.cdr.clone(), like.epitope.clone())
+
+
+class ComplexDataModule(ZooDataModule):
+    """CDR-H3 patches of antibody-antigen complexes, split by complex (seeded).
+
+    Each sample is one complex's patch of ``patch_size`` residues (padded with ``residue_mask`` false when the
+    complex is smaller), coordinates centred on the CDR-H3 C-alpha centroid: ``aa [K]``, ``coords [K, 14, 3]``,
+    ``atom_mask [K, 14]``, ``residue_mask [K]``, ``role [K]``, ``cdr [K]``, ``epitope [K]``, ``chain [K]``,
+    ``resseq [K]``, ``index [K]`` (residue index in the complex, -1 for padding) and ``complex [1]`` (the index
+    into ``self.complexes``).
+
+    Args:
+        data_dir: folder with ``cases.tsv`` and ``complexes/`` (e.g. ``../shared/data/antibody``).
+        patch_size: residues per patch (DiffAb uses 128).
+        epitope_cutoff: heavy-atom distance (A) from a CDR atom that makes an antigen residue epitope.
+        val_fraction, test_fraction: shares of the complexes held out.
+        cache_dir: if set, parsed complexes are saved there (``torch.save``) and reused.
+        skip_unnumbered: drop (with a warning) complexes whose CDRs the IMGT rule cannot number, instead of failing.
+    """
+
+    def __init__(self, data_dir: str | None = None, cases_file: str = "cases.tsv", complexes_dir: str = "complexes",
+                 patch_size: int = 128, epitope_cutoff: float = 4.5, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, cache_dir: str | None = None, skip_unnumbered: bool = True,
+                 batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__(data_dir, batch_size, num_workers, seed)
+        if patch_size < 1:
+            raise ConfigError(f"patch_size must be >= 1, got {patch_size}")
+        if epitope_cutoff <= 0:
+            raise ConfigError(f"epitope_cutoff must be > 0 A, got {epitope_cutoff}")
+        self.cases_file, self.complexes_dir = cases_file, complexes_dir
+        self.patch_size, self.epitope_cutoff = patch_size, epitope_cutoff
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.skip_unnumbered = skip_unnumbered
+        self.complexes: list[Complex] = []
+        self.skipped: dict[str, str] = {}
+        self.splits: dict[str, list[str]] = {}
+
+    def load(self, case: Case) -> Complex:
+        """One complex, from the cache when it holds it for the same source files and cutoff."""
+        folder = self.data_dir / self.complexes_dir
+        sources = [folder / f"{case.name}_{side}_b.pdb" for side in ("r", "l")]
+        stamp = [p.stat().st_mtime_ns if p.is_file() else 0 for p in sources]
+        key = f"{case.name}_{''.join(case.antibody)}_{''.join(case.antigen)}_{self.epitope_cutoff:g}.pt"
+        cache = self.cache_dir / key if self.cache_dir else None
+        if cache is not None and cache.is_file():
+            data = torch.load(cache, weights_only=True)
+            if data.get("stamp") == stamp:
+                return Complex.from_dict(data["complex"])
+        complex_ = load_complex(folder, case, self.epitope_cutoff)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"stamp": stamp, "complex": complex_.to_dict()}, cache)
+        return complex_
+
+    def patch(self, complex_: Complex) -> dict[str, Tensor]:
+        """The model input of one complex: its CDR-H3 patch, padded to ``patch_size``."""
+        index = cdr_h3_patch(complex_, self.patch_size)
+        k, pad = len(index), self.patch_size - len(index)
+        origin = complex_.coords[complex_.cdr_h3_mask, 1].mean(0)
+        coords = (complex_.coords[index] - origin) * complex_.atom_mask[index][..., None]
+        grow = lambda t, fill=0: torch.cat([t, t.new_full((pad, *t.shape[1:]), fill)])  # noqa: E731
+        return {"aa": grow(complex_.aa[index], UNKNOWN), "coords": grow(coords),
+                "atom_mask": grow(complex_.atom_mask[index]), "residue_mask": grow(torch.ones(k, dtype=torch.bool)),
+                "role": grow(complex_.role[index]), "cdr": grow(complex_.cdr[index]),
+                "epitope": grow(complex_.epitope[index]), "chain": grow(complex_.chain[index]),
+                "resseq": grow(complex_.resseq[index]), "index": grow(index, -1)}
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        cases = read_cases(self.find_file(self.cases_file))
+        for case in cases:
+            try:
+                self.complexes.append(self.load(case))
+            except MalformedDataError as err:
+                if not (self.skip_unnumbered and "CDRs not numbered" in str(err)):
+                    raise
+                self.skipped[case.name] = str(err)
+        if self.skipped:
+            warnings.warn(f"ComplexDataModule: skipped {len(self.skipped)} complexes whose CDRs could not be numbered: "
+                          f"{sorted(self.skipped)}", stacklevel=2)
+        if not self.complexes:
+            raise MalformedDataError(f"{self.data_dir}: no usable complex in {self.cases_file}")
+        patches = [self.patch(c) for c in self.complexes]
+        keys = list(patches[0])
+        stacked = {k: torch.stack([p[k] for p in patches]) for k in keys}
+        stacked["complex"] = torch.arange(len(patches))[:, None]
+        parts = seeded_split(len(patches), [self.val_fraction, self.test_fraction], self.seed)
+        for split, part in zip(("train", "val", "test"), parts):
+            if len(part) == 0:
+                raise ConfigError(f"the {split} split of {len(patches)} complexes is empty; change val/test fractions")
+            setattr(self, f"{split}_set", TensorSet(*(stacked[k][part] for k in [*keys, "complex"])))
+            self.splits[split] = [self.complexes[i].name for i in part.tolist()]
+        self.fields = [*keys, "complex"]
