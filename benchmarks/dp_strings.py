@@ -37,6 +37,8 @@ from threadpoolctl import threadpool_limits
 
 from zoo.dp_strings import DPEditIndex, DPHammingIndex, cgk_embed, hamming
 
+from timing import rounds  # benchmarks/timing.py
+
 N_ERR, M_ERR, SEEDS = 256, 2000, 3
 KS, K_FIXED = [2, 4, 8, 16, 32, 64], 16
 EPS_FIXED = {"bit": 8.0, "string": 256.0}
@@ -159,18 +161,9 @@ def error_section() -> dict:
 
 
 def timed(call, repeats: int) -> float:
-    """Seconds per call: the best of ``repeats`` rounds, each the mean of enough calls to last >= 50 ms (the best
-    round is the least disturbed by other processes on a shared machine)."""
-    start = time.perf_counter()
-    call()
-    iters = max(1, int(0.05 / max(time.perf_counter() - start, 1e-6)))
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            call()
-        rounds.append((time.perf_counter() - start) / iters)
-    return min(rounds)
+    """Seconds per call: the best of ``repeats`` rounds of >= 50 ms (the best round is the least
+    disturbed by other processes on a shared machine)."""
+    return min(rounds(call, repeats, 0.05))
 
 
 def time_section(repeats: int) -> dict:

@@ -34,23 +34,15 @@ from data_modules.icl_tasks import sample_prompts
 from zoo.nn.icl import ICLTransformer
 from zoo.nn.icl_baselines import direct_training
 
+from timing import rounds  # benchmarks/timing.py
+
 BACKBONES = {"gpt2/softmax": ("gpt2", "softmax", 0), "gpt2/relu": ("gpt2", "relu", 0),
              "encoder/relu": ("encoder", "relu", 0), "encoder/relu x4": ("encoder", "relu", 4)}
 
 
 def timed(call, repeats: int, budget: float = 0.5) -> float:
-    """Median seconds per call over ``repeats`` rounds."""
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    iters = max(1, int(budget / max(first, 1e-6)))
-    rounds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            call()
-        rounds.append((time.perf_counter() - start) / iters)
-    return statistics.median(rounds)
+    """Median seconds per call over ``repeats`` rounds of about ``budget`` seconds."""
+    return statistics.median(rounds(call, repeats, budget))
 
 
 def backbone_speed(name: str, n: int, repeats: int, d: int = 5) -> dict[str, float]:

@@ -184,12 +184,12 @@ def test_fast_dev_run_of_every_experiment(config, tmp_path):
 
     data = yaml.safe_load(Path(config).read_text())["data"]["class_path"]
     extra = []
-    if data == "MNISTDataModule":
+    if data == "MNISTDataModule":  # batches of 4: the DiT-S configs are sized for real runs
         write_mnist(tmp_path / "data")
-        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+        extra = [f"--data.data_dir={tmp_path / 'data'}", "--data.batch_size=4"]
     elif data == "CIFARDataModule":
         write_cifar(tmp_path / "data", 10)
-        extra = [f"--data.data_dir={tmp_path / 'data'}"]
+        extra = [f"--data.data_dir={tmp_path / 'data'}", "--data.batch_size=4"]
     elif data == "TimeSeriesDataModule":  # an ETT-shaped file: date + 7 columns, 14,400 rows
         (tmp_path / "data").mkdir()
         write_ett(tmp_path / "data" / "ETTh1.csv", rows=14400, columns=7)
