@@ -164,8 +164,8 @@ def test_cli_fit_lowers_score_and_subspace_errors(tmp_path):
     metrics = cli.trainer.callback_metrics
     assert float(metrics["val/subspace_error"]) < 0.1  # a random 4-plane in R^32 is at ~7
     assert float(metrics["val/score_error"]) < 0.05
-    untrained = LatentDiT(ambient_dim=32, latent_dim=4, eval_samples=256)
-    trained = LatentDiT.load_from_checkpoint(next(tmp_path.rglob("last.ckpt")), weights_only=True, eval_samples=256)
+    untrained = LatentDiT(ambient_dim=32, latent_dim=4, eval_samples=128)
+    trained = LatentDiT.load_from_checkpoint(next(tmp_path.rglob("last.ckpt")), weights_only=True, eval_samples=128)
     w2 = {}
     for name, model in (("untrained", untrained), ("trained", trained)):
         (result,) = cli.trainer.test(model, datamodule=cli.datamodule, verbose=False)
