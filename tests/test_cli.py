@@ -135,6 +135,18 @@ def test_checkpointing_can_be_disabled(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_model_flags_on_the_command_line_win_over_the_checkpoint_hyperparameters(tmp_path):
+    """``test --ckpt_path`` rebuilds the model from the checkpoint's hyperparameters (over the config
+    file's), but an explicit ``--model.<name>`` flag still applies (e.g. a sampling setting)."""
+    run_cli("fit", *quick(tmp_path, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                          "--trainer.limit_val_batches=1", "--model.dropout=0.2"))
+    ckpt = str(tmp_path / "checkpoints" / "last.ckpt")
+    test = ["--ckpt_path", ckpt, "--trainer.limit_test_batches=1"]
+    assert run_cli("test", *quick(tmp_path, *test)).model.hparams.dropout == 0.2  # the config file says 0.1
+    assert run_cli("test", *quick(tmp_path, *test, "--model.dropout", "0.4")).model.hparams.dropout == 0.4
+    assert run_cli("test", *quick(tmp_path, *test, "--model.init_args.dropout=0.5")).model.hparams.dropout == 0.5
+
+
 # -- errors: one line, naming the bad value, exit status 2 ---------------------------------------
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"],

@@ -10,6 +10,8 @@ LightningCLI:
 - a ``checkpoint:`` section configures the ``ModelCheckpoint`` (``save_last`` on by default);
 - every checkpoint carries the RNG states and the training order (exact resume), every fit
   plots its curves to ``curves.png``;
+- with ``--ckpt_path`` the checkpoint's hyperparameters rebuild the model, but a ``--model.<name>``
+  flag on the command line still wins (plain LightningCLI drops it silently);
 - a bad config value, class name, data file, tensor shape or checkpoint ends with one line,
   ``error: ...``, and exit status 2.
 
@@ -142,6 +144,7 @@ class ZooCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self._argv = list(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
@@ -149,6 +152,24 @@ class ZooCLI(LightningCLI):
             from zoo.pretrained import verify_checkpoint
 
             verify_checkpoint(ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, Lightning rebuilds the model from the checkpoint's hyperparameters,
+        which also overwrite what the command line set. Here a ``--model.<name>`` flag given on the
+        command line still wins (``test --ckpt_path x.ckpt --model.cfg_scale 1.5`` samples at 1.5);
+        model values from config files yield to the checkpoint, which must match its weights."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        explicit = {}
+        for arg in self._argv:
+            name = arg.split("=", 1)[0]
+            if name.startswith("--model.") and name != "--model.class_path":
+                key = name[len("--model."):].removeprefix("init_args.")
+                explicit[key] = self.config[subcommand].get(f"model.init_args.{key}")
+        super()._parse_ckpt_path()
+        for key, value in explicit.items():
+            self.config[subcommand][f"model.init_args.{key}"] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
