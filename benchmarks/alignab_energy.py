@@ -41,6 +41,7 @@ from scipy.stats import rankdata, spearmanr
 
 from data_modules.complexes import load_complex, read_affinities, read_cases
 from zoo.nn.energy import neighbour_pairs, pair_energies, score_complex, translate
+from zoo.plots import save_figure
 
 PUSH_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 CONTACT = 4.5  # A, heavy-atom contact for counting interface residues
@@ -199,18 +200,14 @@ def plot(with_dg: list[dict], experimental: np.ndarray, pushed: list[dict], out:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14)
         ax.set_xlabel(label + " [PROXY, not Rosetta]", fontsize=8)
         ax.set_ylabel("experimental ΔG (kcal/mol)")
-    fig.tight_layout()
-    fig.savefig(out / "energy_vs_dg.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "energy_vs_dg.png")
     fig, ax = plt.subplots(figsize=(5, 4))
     for r in pushed:
         ax.plot(PUSH_STEPS, np.maximum(r["push_rep"], 1e-3), color="tab:red", alpha=0.3, lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("CDR-H3 shift toward the antigen (A)")
     ax.set_ylabel("CDR-H3-antigen E_Rep proxy (kcal/mol)")
-    fig.tight_layout()
-    fig.savefig(out / "energy_push.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "energy_push.png")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from rapidfuzz.distance import Hamming, Levenshtein
 from threadpoolctl import threadpool_limits
 
 from zoo.dp_strings import DPEditIndex, DPHammingIndex, cgk_embed, hamming
+from zoo.plots import save_figure
 
 from timing import rounds  # benchmarks/timing.py
 
@@ -246,9 +247,7 @@ def plot(results: dict, out: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "error.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "error.png")
     t = results["time"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, axis, label in ((axes[0], "vs_m", "m (n = 1000)"), (axes[1], "vs_n", "n (m = 10,000)")):
@@ -257,9 +256,7 @@ def plot(results: dict, out: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel=label, ylabel="ms per query")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "query_time.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "query_time.png")
 
 
 def main() -> None:

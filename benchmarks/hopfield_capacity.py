@@ -30,6 +30,7 @@ from lightning.pytorch import Trainer, seed_everything
 from data_modules.memories import MemoryDataModule, noisy_queries
 from zoo.models.uhop import QUERIES, UHopPlus
 from zoo.nn.hopfield import min_separation
+from zoo.plots import save_figure
 
 SEPARATIONS = ("softmax", "sparsemax", "entmax15")
 VARIANTS = ("plain", "uhop")
@@ -85,10 +86,7 @@ def plot(results: dict, key: str, xs: list, xlabel: str, path: Path, queries: tu
             ax.set_title(f"{query} queries")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ import torch
 
 from zoo.nn.entmax import entmax15, entmax_bisect, sparsemax
 from zoo.nn.hopfield import LinearFeatureMap, retrieve
+from zoo.plots import save_figure
 
 try:
     import entmax as reference
@@ -308,10 +309,7 @@ def plot_growth(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

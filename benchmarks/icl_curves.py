@@ -41,6 +41,7 @@ import zoo
 from data_modules.icl_tasks import sample_prompts
 from zoo.nn.icl import LinearSelfAttention
 from zoo.nn.icl_baselines import averaging, direct_training, gd_prediction, knn, least_squares, zero
+from zoo.plots import save_figure
 
 RIDGE = 0.1  # lambda of the ridge baseline
 TASKS = {  # name: (task, n_dims, n_points, depth, checkpoint, in distribution)
@@ -143,10 +144,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("normalized squared error")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ import torch
 from data_modules.icl_tasks import sample_prompts
 from zoo.nn.icl import ICLTransformer
 from zoo.nn.icl_baselines import direct_training
+from zoo.plots import save_figure
 
 from timing import rounds  # benchmarks/timing.py
 
@@ -119,9 +120,7 @@ def main() -> None:
             ax.set_xlabel("examples n")
             ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out / "speed.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, args.out / "speed.png")
     print(json.dumps(out))
 
 

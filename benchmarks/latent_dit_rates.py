@@ -35,6 +35,7 @@ import torch
 
 from data_modules import SubspaceDataModule
 from zoo.models import LatentDiT
+from zoo.plots import save_figure
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dit"
 
@@ -65,10 +66,7 @@ def evaluate(model: LatentDiT, data: SubspaceDataModule, count: int = 4096) -> t
     t = torch.randint(0, model.diffusion.num_steps, (count,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
     x_t = model.diffusion.q_sample(x0, t, noise)
-    table = model.diffusion
-    eps_true = data.true_eps(x_t.double(), table.alphas_cumprod[t], table.one_minus_alphas_cumprod[t])
-    error = float(((model(x_t, t).double() - eps_true) ** 2).mean())
-    return error, float(model.subspace_error(data.basis))
+    return float(model.score_error(data, x_t, t)), float(model.subspace_error(data.basis))
 
 
 def run(n: int, ambient: int, latent: int, mixture: int, conditioning: str, seed: int, steps: int,
@@ -119,9 +117,7 @@ def plot(result: dict, path: Path) -> None:
     for ax, title, xlabel in zip(axes, titles, ("n", "n", "ambient D")):
         ax.set(xscale="log", yscale="log", title=title, xlabel=xlabel)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

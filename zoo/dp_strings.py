@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from abc import ABC, abstractmethod
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -188,7 +189,7 @@ def cgk_embed(x: np.ndarray, walk: np.ndarray) -> np.ndarray:
 
 
 # -- the released data structure -------------------------------------------------------------------
-class DPIndex:
+class DPIndex(ABC):
     """Shared machinery of :class:`DPHammingIndex` and :class:`DPEditIndex` (module docstring).
 
     Args:
@@ -226,11 +227,13 @@ class DPIndex:
         flips = (rng.random(bits.shape) < self.p).astype(np.uint8) * sketch.mask()
         return np.packbits(bits ^ flips, axis=1)
 
+    @abstractmethod
     def _make_public(self, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+        """Draw the public randomness (hashes, walks) and set ``self.sketches``."""
 
+    @abstractmethod
     def _embed(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        """The strings as the sketches read them, one array per sketch."""
 
     def sensitivity(self) -> int:
         """Released bits one privacy unit can change (module docstring): eps_bit = eps / this."""

@@ -9,13 +9,14 @@ from pathlib import Path
 from torch import Tensor
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -44,7 +45,7 @@ def image_grid(images: Tensor, path: str | Path, captions: Sequence[str] = (), c
         ax.imshow(pixels.numpy(), cmap="gray", interpolation="nearest")
         if i < len(captions):
             ax.set_title(captions[i], fontsize=8, color=colors[i] if i < len(colors) else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 
@@ -73,7 +74,7 @@ def forecast_panel(history: Tensor, target: Tensor, forecast: Tensor, path: str 
             ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = ["forecast_panel", "image_grid"]

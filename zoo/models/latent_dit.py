@@ -173,11 +173,16 @@ class LatentDiT(ZooModule):
         self.log(f"{split}/loss", loss, prog_bar=split == "val", sync_dist=True)
         data = self._data()
         if data is not None and hasattr(data, "true_eps"):
-            table = self.diffusion
-            abar = table.alphas_cumprod[t.to(table.betas.device)].to(x.device)
-            one_minus = table.one_minus_alphas_cumprod[t.to(table.betas.device)].to(x.device)
-            error = ((eps - data.true_eps(x_t, abar, one_minus)) ** 2).mean()
-            self.log(f"{split}/score_error", error, sync_dist=True)
+            self.log(f"{split}/score_error", self.score_error(data, x_t, t, eps).float(), sync_dist=True)
+
+    def score_error(self, data, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
+        """Mean over elements of ``(eps_theta(x_t, t) - eps*(x_t, t))^2`` in float64, ``eps*`` from
+        ``data.true_eps`` (``SubspaceDataModule``); pass ``eps`` when the forward is already done."""
+        eps = self(x_t, t) if eps is None else eps
+        table, rows = self.diffusion, t.to(self.diffusion.betas.device)
+        true = data.true_eps(x_t.double(), table.alphas_cumprod[rows].to(x_t.device),
+                             table.one_minus_alphas_cumprod[rows].to(x_t.device))
+        return ((eps.double() - true) ** 2).mean()
 
     def on_validation_epoch_end(self) -> None:
         self._log_subspace_error("val")
