@@ -44,7 +44,7 @@ def test_load_pretrained_returns_the_model_in_eval_mode():
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(UnknownPretrainedError, match="unknown pretrained name 'nope'; available: alignab-lm-oas, digits-cnn, "):
+    with pytest.raises(UnknownPretrainedError, match="unknown pretrained name 'nope'; available: alignab-lm-oas, digits-ae, digits-cnn, "):
         zoo.load_pretrained("nope")
 
 

@@ -23,6 +23,13 @@ Sampling (``predict``): for each batch of labels, DDIM (``sample_steps``, ``eta`
 
 on all channels. ``predict`` writes ``samples.pt`` (samples in [0, 1] and their labels) and
 ``samples.png`` (one row per class) to the run folder.
+
+Latent diffusion (``autoencoder``: a registered name or a checkpoint path of a trained
+``ImageAutoencoder``, ``zoo.models.autoencoder``): the DiT models the autoencoder's unit-scale
+latents ``z_0 = s * mu(x)`` instead of pixels, on the latent grid (``input_size / f`` per side,
+``latent_channels`` channels; ``patch_size`` counts latent cells), and samples are decoded. The
+autoencoder is frozen and kept inside the module (its weights are in every checkpoint); latents are
+not clipped during sampling (pixels are, to [-1, 1]).
 """
 
 from __future__ import annotations
@@ -33,11 +40,30 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from zoo.errors import ConfigError
+from zoo.errors import CheckpointError, ConfigError
 from zoo.models.base import ZooModule
+from zoo.nn.autoencoder import ConvAutoencoder
 from zoo.nn.diffusion import GaussianDiffusion, guided
 from zoo.nn.dit import dit
 from zoo.plots import image_grid
+from zoo.pretrained import checkpoint_dir, pretrained_info, read_manifest, verify_checkpoint
+
+AUTOENCODER_KEYS = ("in_channels", "latent_channels", "widths")
+
+
+def load_autoencoder(spec: str) -> ConvAutoencoder:
+    """The frozen network of a trained ``ImageAutoencoder``: ``spec`` is a registered name
+    (``zoo.list_pretrained()``) or a checkpoint path. (It has no dropout and no batch statistics,
+    so the train/eval mode Lightning sets does not change it.)"""
+    path = checkpoint_dir() / pretrained_info(spec)["file"] if spec in read_manifest() else spec
+    checkpoint = verify_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if any(key not in hparams for key in AUTOENCODER_KEYS):
+        raise CheckpointError(f"autoencoder {spec!r}: {path} is not an ImageAutoencoder checkpoint "
+                              f"(its hyperparameters lack {', '.join(AUTOENCODER_KEYS)})")
+    net = ConvAutoencoder(*(hparams[key] for key in AUTOENCODER_KEYS))
+    net.load_state_dict({k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
+    return net.requires_grad_(False)
 
 
 class ConditionalDiT(ZooModule):
@@ -56,6 +82,8 @@ class ConditionalDiT(ZooModule):
         sample_steps: DDIM steps for sampling; 0 = DDPM with all ``num_steps``.
         eta: DDIM noise (0 deterministic, 1 = DDPM's variance).
         sample_seed: seed of the sampling noise (same seed, same samples).
+        autoencoder: registered name or checkpoint path of an ``ImageAutoencoder`` whose latents
+            the DiT models (module docstring); ``None`` = pixel space.
     """
 
     def __init__(
@@ -77,6 +105,7 @@ class ConditionalDiT(ZooModule):
         sample_steps: int = 50,
         eta: float = 0.0,
         sample_seed: int = 0,
+        autoencoder: str | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= ema_decay < 1:
@@ -86,25 +115,44 @@ class ConditionalDiT(ZooModule):
         if not 0 <= sample_steps <= num_steps:
             raise ConfigError(f"sample_steps must lie in [0, num_steps={num_steps}] (0 = DDPM), got {sample_steps}")
         self.save_hyperparameters()
-        self.net = dit(size, patch_size, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+        self.autoencoder = None
+        self.shape = (in_channels, input_size, input_size)  # what the DiT models: pixels or latents
+        if autoencoder is not None:
+            self.autoencoder = load_autoencoder(autoencoder)
+            if self.autoencoder.in_channels != in_channels:
+                raise ConfigError(f"autoencoder {autoencoder!r} encodes {self.autoencoder.in_channels}-channel images, "
+                                  f"but in_channels is {in_channels}")
+            self.shape = self.autoencoder.latent_shape(input_size)
+        self.net = dit(size, patch_size, input_size=self.shape[1], in_channels=self.shape[0], num_classes=num_classes,
                        class_dropout=class_dropout, conditioning=conditioning)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.diffusion = GaussianDiffusion(num_steps, schedule, prediction=prediction)
         self._samples: list[tuple[Tensor, Tensor]] = []
 
     # -- training ----------------------------------------------------------------------------
-    def _x0(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor) -> Tensor:
+        """What the DiT models: images in [0, 1] mapped to [-1, 1], or their autoencoder latents."""
         h = self.hparams
         self.check_shape("images", images, (None, h.in_channels, h.input_size, h.input_size),
                          " (set model.init_args.in_channels / input_size to match the data)")
+        if self.autoencoder is not None:
+            with torch.no_grad():
+                return self.autoencoder.encode_latent(images * 2 - 1)
         return images * 2 - 1
+
+    @torch.no_grad()
+    def decode(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`encode`: images in [0, 1] (clamped)."""
+        if self.autoencoder is not None:
+            x = self.autoencoder.decode_latent(x)
+        return ((x + 1) / 2).clamp(0, 1)
 
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.hparams.num_classes > 0 else None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        loss = self.diffusion.training_loss(self.net, self._x0(images), y=self._labels(labels))
+        loss = self.diffusion.training_loss(self.net, self.encode(images), y=self._labels(labels))
         self.log_train(batch_idx, loss=loss)
         return loss
 
@@ -126,7 +174,7 @@ class ConditionalDiT(ZooModule):
         """Loss of the EMA network at timesteps and noise fixed by the batch index (comparable across epochs)."""
         images, labels = batch
         generator = torch.Generator(device=images.device).manual_seed(batch_idx)
-        return self.diffusion.training_loss(self.ema, self._x0(images), generator=generator, y=self._labels(labels))
+        return self.diffusion.training_loss(self.ema, self.encode(images), generator=generator, y=self._labels(labels))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -143,16 +191,17 @@ class ConditionalDiT(ZooModule):
             raise ConfigError(f"cfg_scale must be >= 0, got {scale}")
         if h.num_classes and (labels.min() < 0 or labels.max() >= h.num_classes):
             raise ConfigError(f"labels must lie in [0, {h.num_classes - 1}], got {labels.min()}..{labels.max()}")
-        shape = (len(labels), h.in_channels, h.input_size, h.input_size)
+        shape = (len(labels), *self.shape)
+        clip = self.autoencoder is None
         model, kwargs = self.ema, {}
         if h.num_classes:
             model, kwargs = guided(self.ema, scale, self.ema.null_class), {"y": labels}
         if steps == 0:
-            x = self.diffusion.ddpm_sample(model, shape, generator=generator, progress=progress, clip_x0=True, **kwargs)
+            x = self.diffusion.ddpm_sample(model, shape, generator=generator, progress=progress, clip_x0=clip, **kwargs)
         else:
             x = self.diffusion.ddim_sample(model, shape, steps, eta=h.eta, generator=generator, progress=progress,
-                                           clip_x0=True, **kwargs)
-        return ((x + 1) / 2).clamp(0, 1)
+                                           clip_x0=clip, **kwargs)
+        return self.decode(x)
 
     def on_predict_epoch_start(self) -> None:
         self._samples.clear()
