@@ -166,3 +166,15 @@ def test_shipped_autoencoder_keeps_digits_recognisable():
     with torch.no_grad():
         accuracy = (classifier((recon - normalized.mean) / normalized.std).argmax(-1) == labels).float().mean()
     assert psnr > 28 and accuracy > 0.97, (psnr, accuracy)
+
+
+def test_files_land_in_the_run_folder_even_without_a_logger(tmp_path, monkeypatch):
+    """Under ``fast_dev_run`` Lightning has no logger and ``trainer.log_dir`` is None: the
+    reconstructions go to ``default_root_dir``, not the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = str(Path(__file__).resolve().parent.parent / CONFIG)
+    cli = run_cli("fit", *quiet(tmp_path / "run", "--trainer.fast_dev_run=1", config=config))
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert (tmp_path / "run" / "reconstructions.png").is_file() and not list(cwd.iterdir())

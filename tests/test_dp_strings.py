@@ -13,7 +13,7 @@ from rapidfuzz.distance import Hamming, Levenshtein
 from scipy import stats
 
 from tests.conftest import run_zoo
-from zoo.dp_strings import DPEditIndex, DPHammingIndex, cgk_embed, flip_prob, hamming, load, read_strings
+from zoo.dp_strings import DPEditIndex, DPHammingIndex, cgk_embed, hamming, load, read_strings
 from zoo.errors import ConfigError, MalformedDataError, MissingDataError
 
 

@@ -20,7 +20,6 @@ weights), so the latents a diffusion model sees have unit variance.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -117,9 +116,7 @@ class ImageAutoencoder(ZooModule):
         pairs = torch.cat([pairs, pairs.new_full((pad, *pairs.shape[1:]), -1.0)])
         grid = torch.cat([pairs[i:i + 8].transpose(0, 1).flatten(0, 1) for i in range(0, len(pairs), 8)])
         captions = (([""] * 8 + ["recon"] * 8) * (len(pairs) // 8))
-        folder = Path(self.trainer.log_dir or ".")
-        suffix = f"_rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        image_grid((grid + 1) / 2, folder / f"reconstructions{suffix}.png", captions)
+        image_grid((grid + 1) / 2, self.output_path("reconstructions.png"), captions)
 
     # -- what a latent diffusion model calls -------------------------------------------------
     @torch.no_grad()

@@ -4,6 +4,7 @@ logs, one-line shape errors, and the default optimizer (AdamW under a per-step c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
@@ -63,6 +64,18 @@ class ZooModule(LightningModule):
         if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
             want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
             raise ShapeError(f"{type(self).__name__}: {name} must have shape {want}, got {list(shape)}{hint}")
+
+    def output_path(self, name: str) -> Path:
+        """Where a file the module writes (``samples.png``, ``predictions.csv``) goes: the run's log
+        dir, or ``trainer.default_root_dir`` when there is no logger (``fast_dev_run``), never the
+        working directory; ``samples_rank1.png`` etc. when several processes write. Every rank must
+        call it (``trainer.log_dir`` is a collective under DDP)."""
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.trainer.world_size > 1:
+            stem, dot, ext = name.partition(".")
+            name = f"{stem}_rank{self.global_rank}{dot}{ext}"
+        return folder / name
 
     def parameter_groups(self):
         """What the default optimizer trains: all parameters, or AdamW parameter groups with their

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -144,16 +143,14 @@ class ImageClassifier(ZooModule):
         shown = torch.cat(self._shown) if self._shown else torch.empty(0)
         self._predictions.clear()
         self._shown.clear()
-        log_dir = Path(self.trainer.log_dir or ".")
-        suffix = f"_rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        path = log_dir / f"predictions{suffix}.csv"
+        path = self.output_path("predictions.csv")
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["predicted", "probability", "label"])
             writer.writerows([int(p), f"{c:.6f}", int(y)] for p, c, y in rows.tolist())
         if len(shown):
             pairs = [(int(p), int(y)) for p, _, y in rows[: len(shown)].tolist()]
-            image_grid(shown, log_dir / f"predictions{suffix}.png", [f"{p} ({y})" for p, y in pairs],
+            image_grid(shown, self.output_path("predictions.png"), [f"{p} ({y})" for p, y in pairs],
                        ["black" if p == y else "red" for p, y in pairs])
         print(f"wrote {len(rows)} predictions to {path}")
 

@@ -35,7 +35,6 @@ not clipped during sampling (pixels are, to [-1, 1]).
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -221,11 +220,10 @@ class ConditionalDiT(ZooModule):
         samples = torch.cat([s for s, _ in self._samples])
         labels = torch.cat([y for _, y in self._samples])
         self._samples.clear()
-        folder = Path(self.trainer.log_dir or ".")
-        suffix = f"_rank{self.global_rank}" if self.trainer.world_size > 1 else ""
-        torch.save({"samples": samples, "labels": labels}, folder / f"samples{suffix}.pt")
+        path = self.output_path("samples.pt")
+        torch.save({"samples": samples, "labels": labels}, path)
         rows = [samples[labels == c][:8] for c in labels.unique().tolist()]
         shown = torch.cat([torch.cat([r, torch.zeros(8 - len(r), *r.shape[1:])]) for r in rows])
         captions = [str(int(c)) if i < len(r) else "" for c, r in zip(labels.unique().tolist(), rows) for i in range(8)]
-        image_grid(shown, folder / f"samples{suffix}.png", captions)
-        print(f"wrote {len(samples)} samples to {folder / f'samples{suffix}.pt'}")
+        image_grid(shown, self.output_path("samples.png"), captions)
+        print(f"wrote {len(samples)} samples to {path}")

@@ -156,7 +156,7 @@ class Forecaster(ZooModule):
         """Plot the first windows' last channel (look-back, truth, forecast) to ``forecasts.png``."""
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
         if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
-            path = Path(log_dir or ".") / "forecasts.png"
+            path = Path(log_dir or self.trainer.default_root_dir) / "forecasts.png"
             forecast_panel(*self._shown, path, title=f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}")
             print(f"wrote {path}")
         self._shown = None
