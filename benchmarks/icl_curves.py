@@ -7,9 +7,8 @@ transformer vs every baseline on the same prompts (Garg et al. 2022, Fig. 2; Wu 
 Tasks (``ICLTaskDataModule``'s sampler, a fixed test seed, ``--prompts`` prompts each):
 linear regression d = 5 and d = 10, and data of N = 3, 4, 6-layer ReLU networks (d = 5, hidden 32,
 targets normalized per network). The transformers are the shipped checkpoints
-(``zoo.load_pretrained``): ``icl-linear-d5`` on linear d = 5 and ``icl-relu3-d5`` on the ReLU-net
-tasks (trained on N = 3 only; on N = 4 and 6 it runs out of its training distribution, labelled
-so). Linear d = 10 has no trained transformer (see the README section). Baselines: zero,
+(``zoo.load_pretrained``), one per task, each trained on its own task: ``icl-linear-d5``,
+``icl-linear-d10``, ``icl-relu3-d5``, ``icl-relu4-d5``, ``icl-relu6-d5`` (configs/icl/). Baselines: zero,
 averaging, 3-NN, least squares (minimum norm), ridge (lambda = ``RIDGE``), and
 direct training: a fresh network of the task's shape (a linear model for the linear tasks,
 the N-layer, 32-wide ReLU net for ReLU-net data) trained by ``--steps`` full-batch Adam steps
@@ -44,12 +43,12 @@ from zoo.nn.icl_baselines import averaging, direct_training, gd_prediction, knn,
 from zoo.plots import save_figure
 
 RIDGE = 0.1  # lambda of the ridge baseline
-TASKS = {  # name: (task, n_dims, n_points, depth, checkpoint, in distribution)
-    "linear d=5": ("linear", 5, 11, 1, "icl-linear-d5", True),
-    "linear d=10": ("linear", 10, 21, 1, None, False),
-    "relu N=3": ("relu_net", 5, 16, 3, "icl-relu3-d5", True),
-    "relu N=4": ("relu_net", 5, 16, 4, "icl-relu3-d5", False),
-    "relu N=6": ("relu_net", 5, 16, 6, "icl-relu3-d5", False),
+TASKS = {  # name: (task, n_dims, n_points, depth, checkpoint)
+    "linear d=5": ("linear", 5, 11, 1, "icl-linear-d5"),
+    "linear d=10": ("linear", 10, 21, 1, "icl-linear-d10"),
+    "relu N=3": ("relu_net", 5, 16, 3, "icl-relu3-d5"),
+    "relu N=4": ("relu_net", 5, 16, 4, "icl-relu4-d5"),
+    "relu N=6": ("relu_net", 5, 16, 6, "icl-relu6-d5"),
 }
 
 
@@ -65,7 +64,7 @@ def direct_positions(n: int) -> list[int]:
 
 
 def run_task(name: str, prompts: int, steps: int, lr: float, seed: int) -> dict:
-    task, d, n, depth, checkpoint, in_distribution = TASKS[name]
+    task, d, n, depth, checkpoint = TASKS[name]
     xs, ys, var = sample_prompts(task, prompts, n, d, torch.Generator().manual_seed(seed), depth=depth, hidden=32)
     norm = var[:, None]
     curves, seconds = {}, {}
@@ -75,8 +74,7 @@ def run_task(name: str, prompts: int, steps: int, lr: float, seed: int) -> dict:
         with torch.no_grad():
             pred = torch.cat([model(x, y) for x, y in zip(xs.split(256), ys.split(256))])
         seconds["transformer"] = time.perf_counter() - start
-        label = "transformer" if in_distribution else "transformer (trained on N=3)"
-        curves[label] = summary((pred - ys) ** 2 / norm)
+        curves["transformer"] = summary((pred - ys) ** 2 / norm)
     for label, fn in (("zero", zero), ("averaging", averaging), ("3-NN", knn), ("least squares", least_squares),
                       (f"ridge {RIDGE}", lambda a, b: least_squares(a, b, RIDGE))):
         start = time.perf_counter()

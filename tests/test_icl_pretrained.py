@@ -18,9 +18,11 @@ def errors(pred: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     return ((pred - ys) ** 2).mean(0)  # unit target variance: nmse per position
 
 
-def test_linear_checkpoint_beats_zero_and_averaging():
-    model = zoo.load_pretrained("icl-linear-d5")
-    d, n = model.hparams.n_dims, model.hparams.n_positions
+@pytest.mark.parametrize("name, d", [("icl-linear-d5", 5), ("icl-linear-d10", 10)])
+def test_linear_checkpoint_beats_zero_and_averaging(name, d):
+    model = zoo.load_pretrained(name)
+    n = model.hparams.n_positions
+    assert model.hparams.n_dims == d
     xs, ys, _ = sample_prompts("linear", 400, n, d, torch.Generator().manual_seed(777))
     with torch.no_grad():
         ours = errors(model(xs, ys), ys)
@@ -31,10 +33,11 @@ def test_linear_checkpoint_beats_zero_and_averaging():
         model(torch.randn(1, n + 1, d), torch.randn(1, n + 1))
 
 
-def test_relu3_checkpoint_beats_zero_knn_and_least_squares():
-    model = zoo.load_pretrained("icl-relu3-d5")
+@pytest.mark.parametrize("depth", [3, 4, 6])
+def test_relu_checkpoint_beats_zero_knn_and_least_squares(depth):
+    model = zoo.load_pretrained(f"icl-relu{depth}-d5")
     d, n = model.hparams.n_dims, model.hparams.n_positions
-    xs, ys, _ = sample_prompts("relu_net", 500, n, d, torch.Generator().manual_seed(777), depth=3, hidden=32)
+    xs, ys, _ = sample_prompts("relu_net", 500, n, d, torch.Generator().manual_seed(777), depth=depth, hidden=32)
     with torch.no_grad():
         ours = errors(model(xs, ys), ys)
     late = slice(n // 2, n)
