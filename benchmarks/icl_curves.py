@@ -8,7 +8,9 @@ Tasks (``ICLTaskDataModule``'s sampler, a fixed test seed, ``--prompts`` prompts
 linear regression d = 5 and d = 10, and data of N = 3, 4, 6-layer ReLU networks (d = 5, hidden 32,
 targets normalized per network). The transformers are the shipped checkpoints
 (``zoo.load_pretrained``), one per task, each trained on its own task: ``icl-linear-d5``,
-``icl-linear-d10``, ``icl-relu3-d5``, ``icl-relu4-d5``, ``icl-relu6-d5`` (configs/icl/). Baselines: zero,
+``icl-linear-d10``, ``icl-relu3-d5``, ``icl-relu4-d5``, ``icl-relu6-d5`` (GPT-2 backbone, softmax
+attention), and on N = 3 data also ``icl-encoder-relu3-d5`` (the paper's ReLU-attention encoder;
+configs/icl/). Baselines: zero,
 averaging, 3-NN, least squares (minimum norm), ridge (lambda = ``RIDGE``), and
 direct training: a fresh network of the task's shape (a linear model for the linear tasks,
 the N-layer, 32-wide ReLU net for ReLU-net data) trained by ``--steps`` full-batch Adam steps
@@ -43,12 +45,13 @@ from zoo.nn.icl_baselines import averaging, direct_training, gd_prediction, knn,
 from zoo.plots import save_figure
 
 RIDGE = 0.1  # lambda of the ridge baseline
-TASKS = {  # name: (task, n_dims, n_points, depth, checkpoint)
-    "linear d=5": ("linear", 5, 11, 1, "icl-linear-d5"),
-    "linear d=10": ("linear", 10, 21, 1, "icl-linear-d10"),
-    "relu N=3": ("relu_net", 5, 16, 3, "icl-relu3-d5"),
-    "relu N=4": ("relu_net", 5, 16, 4, "icl-relu4-d5"),
-    "relu N=6": ("relu_net", 5, 16, 6, "icl-relu6-d5"),
+TASKS = {  # name: (task, n_dims, n_points, depth, {curve label: checkpoint})
+    "linear d=5": ("linear", 5, 11, 1, {"transformer": "icl-linear-d5"}),
+    "linear d=10": ("linear", 10, 21, 1, {"transformer": "icl-linear-d10"}),
+    "relu N=3": ("relu_net", 5, 16, 3, {"transformer": "icl-relu3-d5",
+                                        "ReLU-attention encoder": "icl-encoder-relu3-d5"}),
+    "relu N=4": ("relu_net", 5, 16, 4, {"transformer": "icl-relu4-d5"}),
+    "relu N=6": ("relu_net", 5, 16, 6, {"transformer": "icl-relu6-d5"}),
 }
 
 
@@ -64,17 +67,20 @@ def direct_positions(n: int) -> list[int]:
 
 
 def run_task(name: str, prompts: int, steps: int, lr: float, seed: int) -> dict:
-    task, d, n, depth, checkpoint = TASKS[name]
+    task, d, n, depth, checkpoints = TASKS[name]
     xs, ys, var = sample_prompts(task, prompts, n, d, torch.Generator().manual_seed(seed), depth=depth, hidden=32)
     norm = var[:, None]
     curves, seconds = {}, {}
-    if checkpoint is not None and checkpoint in zoo.list_pretrained():
+    for label, checkpoint in checkpoints.items():
+        if checkpoint not in zoo.list_pretrained():
+            print(f"{name}: {checkpoint} is not registered, skipped")
+            continue
         model = zoo.load_pretrained(checkpoint)
         start = time.perf_counter()
         with torch.no_grad():
             pred = torch.cat([model(x, y) for x, y in zip(xs.split(256), ys.split(256))])
-        seconds["transformer"] = time.perf_counter() - start
-        curves["transformer"] = summary((pred - ys) ** 2 / norm)
+        seconds[label] = time.perf_counter() - start
+        curves[label] = summary((pred - ys) ** 2 / norm)
     for label, fn in (("zero", zero), ("averaging", averaging), ("3-NN", knn), ("least squares", least_squares),
                       (f"ridge {RIDGE}", lambda a, b: least_squares(a, b, RIDGE))):
         start = time.perf_counter()
@@ -86,7 +92,7 @@ def run_task(name: str, prompts: int, steps: int, lr: float, seed: int) -> dict:
     pred = direct_training(xs, ys, positions, depth=depth, hidden=32, steps=steps, lr=lr, seed=seed)
     seconds["direct training"] = time.perf_counter() - start
     direct = summary((pred - ys[:, positions]) ** 2 / norm)
-    return {"task": task, "n_dims": d, "n_points": n, "depth": depth, "checkpoint": checkpoint,
+    return {"task": task, "n_dims": d, "n_points": n, "depth": depth, "checkpoints": checkpoints,
             "curves": curves, "direct_training": {"positions": positions, **direct},
             "seconds": {k: round(v, 3) for k, v in seconds.items()}}
 
@@ -129,7 +135,8 @@ def plot(results: dict, path: Path) -> None:
         for label, curve in res["curves"].items():
             mean, ci = torch.tensor(curve["mean"]), torch.tensor(curve["ci95"])
             k = torch.arange(len(mean))
-            style = dict(lw=2.2, color="black") if label.startswith("transformer") else dict(lw=1.2)
+            style = {"transformer": dict(lw=2.2, color="black"), "ReLU-attention encoder": dict(lw=2.2, color="darkgoldenrod")}
+            style = style.get(label, dict(lw=1.2))
             (line,) = ax.plot(k, mean, label=label, **style)
             ax.fill_between(k, mean - ci, mean + ci, alpha=0.2, color=line.get_color())
         direct = res["direct_training"]
@@ -142,6 +149,9 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("normalized squared error")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    for ax, res in zip(axes[0][1:], list(results.values())[1:]):  # panels with an extra model get their own legend
+        if len(res["curves"]) > len(next(iter(results.values()))["curves"]):
+            ax.legend(fontsize=7)
     save_figure(fig, path)
 
 

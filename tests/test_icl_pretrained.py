@@ -33,9 +33,10 @@ def test_linear_checkpoint_beats_zero_and_averaging(name, d):
         model(torch.randn(1, n + 1, d), torch.randn(1, n + 1))
 
 
-@pytest.mark.parametrize("depth", [3, 4, 6])
-def test_relu_checkpoint_beats_zero_knn_and_least_squares(depth):
-    model = zoo.load_pretrained(f"icl-relu{depth}-d5")
+@pytest.mark.parametrize("name, depth", [("icl-relu3-d5", 3), ("icl-relu4-d5", 4), ("icl-relu6-d5", 6),
+                                         ("icl-encoder-relu3-d5", 3)])
+def test_relu_checkpoint_beats_zero_knn_and_least_squares(name, depth):
+    model = zoo.load_pretrained(name)
     d, n = model.hparams.n_dims, model.hparams.n_positions
     xs, ys, _ = sample_prompts("relu_net", 500, n, d, torch.Generator().manual_seed(777), depth=depth, hidden=32)
     with torch.no_grad():
