@@ -5,6 +5,11 @@ Both models: adaLN-Zero, 1,000 classes, GELU (tanh), out channels = in channels 
 sigma). Training step = forward + MSE loss + backward + AdamW step; sampling forward = no-grad
 forward of a batch doubled as under classifier-free guidance. The two models alternate for
 ``--repeats`` rounds of ``--iters`` calls after a warm-up; the median per call is reported.
+
+Ceiling: the sampling forward's floating-point operations are counted
+(``torch.utils.flop_counter.FlopCounterMode``) and divided by its time, next to the machine's fp32
+matmul throughput at the shape of the DiT's MLP (tokens x hidden x 4 hidden, the bulk of the work):
+an implementation cannot beat that rate by much, so it bounds what any speed-up can be.
 diffusers is a benchmark-only dependency: ``pip install -e ".[bench]"``.
 
     python benchmarks/dit_vs_diffusers.py [--threads 2] [--repeats 3] [--iters 2]
@@ -22,6 +27,7 @@ import time
 
 import torch
 from diffusers import DiTTransformer2DModel
+from torch.utils.flop_counter import FlopCounterMode
 
 from zoo.nn.dit import DIT_SIZES, dit
 
@@ -42,6 +48,26 @@ def timed(fn, repeats_iters: tuple[int, int], samples: list[float]) -> None:
     for _ in range(iters):
         fn()
     samples.append((time.perf_counter() - start) / iters)
+
+
+def flops(call) -> int:
+    """Floating-point operations of one no-grad call."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        call()
+    return counter.get_total_flops()
+
+
+def matmul_rate(m: int, k: int, n: int, calls: int = 20) -> float:
+    """fp32 GFLOP/s of ``[m, k] @ [k, n]`` (median of ``calls``)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / statistics.median(times) / 1e9
 
 
 def main() -> None:
@@ -95,6 +121,12 @@ def main() -> None:
             a, b = (statistics.median(times[(n, kind)]) * 1000 for n in ("zoo", "diffusers"))
             row[f"{kind}_ms_zoo"], row[f"{kind}_ms_diffusers"] = round(a, 2), round(b, 2)
             row[f"{kind}_speedup"] = round(b / a, 3)
+        for name, (forward, model) in calls.items():
+            count = flops(lambda: forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y])))
+            row[f"sample_gflop_{name}"] = round(count / 1e9, 2)
+            row[f"sample_gflops_{name}"] = round(count / row[f"sample_ms_{name}"] / 1e6, 1)
+        hidden = DIT_SIZES[size]["hidden_size"]
+        row["matmul_gflops_mlp_shape"] = round(matmul_rate(2 * batch * (side // patch) ** 2, hidden, 4 * hidden), 1)
         rows.append(row)
 
     import diffusers
@@ -108,6 +140,12 @@ def main() -> None:
         print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['params_zoo']:,} / {r['params_diffusers']:,} | "
               f"{r['train_ms_zoo']:.1f} / {r['train_ms_diffusers']:.1f} | {r['train_speedup']:.2f}x | "
               f"{r['sample_ms_zoo']:.1f} / {r['sample_ms_diffusers']:.1f} | {r['sample_speedup']:.2f}x |")
+    print("\n| model | sampling forward GFLOP zoo / diffusers | achieved GFLOP/s zoo / diffusers | "
+          "fp32 matmul GFLOP/s at the MLP's shape |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['sample_gflop_zoo']} / {r['sample_gflop_diffusers']} | "
+              f"{r['sample_gflops_zoo']} / {r['sample_gflops_diffusers']} | {r['matmul_gflops_mlp_shape']} |")
     print(json.dumps({"benchmark": "dit_vs_diffusers", "threads": args.threads, "torch": torch.__version__,
                       "diffusers": diffusers.__version__, "machine": platform.machine(), "rows": rows}))
 
