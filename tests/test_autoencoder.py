@@ -178,3 +178,23 @@ def test_files_land_in_the_run_folder_even_without_a_logger(tmp_path, monkeypatc
     cli = run_cli("fit", *quiet(tmp_path / "run", "--trainer.fast_dev_run=1", config=config))
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     assert (tmp_path / "run" / "reconstructions.png").is_file() and not list(cwd.iterdir())
+
+
+def test_latent_dit_on_mnist_files_through_the_cli(tmp_path):
+    """The MNIST route end to end on written IDX files: fit the autoencoder config (two batches),
+    then fit and sample the MNIST DiT config on its 4 x 7 x 7 latents (``--model.autoencoder``)."""
+    from tests.test_data_modules import write_mnist
+
+    write_mnist(tmp_path / "data")
+    data = [f"--data.data_dir={tmp_path / 'data'}", "--data.batch_size=4"]
+    run_cli("fit", *quiet(tmp_path / "ae", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                          "--trainer.limit_val_batches=2", *data, config="configs/dit/mnist_autoencoder.yaml"))
+    ae = tmp_path / "ae" / "checkpoints" / "last.ckpt"
+    dit_args = [f"--model.autoencoder={ae}", "--model.patch_size=1", "--model.sample_steps=2", *data]
+    cli = run_cli("fit", *quiet(tmp_path / "dit", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                                "--trainer.limit_val_batches=1", *dit_args, config="configs/dit/mnist_s4.yaml"))
+    assert cli.model.net.input_size == 7 and cli.model.net.in_channels == 4
+    predicted = run_cli("predict", *quiet(tmp_path / "dit", "--ckpt_path=last", "--trainer.limit_predict_batches=1",
+                                          *dit_args, config="configs/dit/mnist_s4.yaml"))
+    samples = torch.load(Path(predicted.trainer.log_dir) / "samples.pt", weights_only=True)["samples"]
+    assert samples.shape[1:] == (1, 28, 28) and 0 <= samples.min() and samples.max() <= 1
