@@ -6,10 +6,11 @@ sigma). Training step = forward + MSE loss + backward + AdamW step; sampling for
 forward of a batch doubled as under classifier-free guidance. The two models alternate for
 ``--repeats`` rounds of ``--iters`` calls after a warm-up; the median per call is reported.
 
-Ceiling: the sampling forward's floating-point operations are counted
-(``torch.utils.flop_counter.FlopCounterMode``) and divided by its time, next to the machine's fp32
-matmul throughput at the shape of the DiT's MLP (tokens x hidden x 4 hidden, the bulk of the work):
-an implementation cannot beat that rate by much, so it bounds what any speed-up can be.
+Ceiling: the sampling forward's matmul, convolution and attention FLOPs are counted
+(``torch.utils.flop_counter.FlopCounterMode``; elementwise and normalization work is not counted)
+and divided by its time, next to the machine's fp32 matmul throughput at the shape of the DiT's MLP
+(tokens x hidden x 4 hidden, the bulk of the work). A heuristic bound, not a proof: an
+implementation doing the same matmuls cannot run them much faster than that rate.
 diffusers is a benchmark-only dependency: ``pip install -e ".[bench]"``.
 
     python benchmarks/dit_vs_diffusers.py [--threads 2] [--repeats 3] [--iters 2]

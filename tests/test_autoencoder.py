@@ -106,6 +106,16 @@ def test_fit_lowers_the_error_sets_the_latent_scale_and_test_draws_reconstructio
     assert abs(latents.std().item() - 1) < 1e-3
     tested = run_cli("test", *quiet(tmp_path, "--ckpt_path=last"))
     assert (Path(tested.trainer.log_dir) / "reconstructions.png").stat().st_size > 1000
+    # test/psnr is the PSNR of the whole test set's squared error (images in [0, 1]: a quarter of [-1, 1]'s)
+    test_images = torch.cat([x for x, _ in dm.test_dataloader()])
+    with torch.no_grad():
+        x = test_images * 2 - 1
+        recon = model.net.decode(model.net.encode(x)[0])  # unclamped, as logged
+    expected = 10 * torch.log10(4 / (recon - x).double().square().mean())
+    assert abs(float(tested.trainer.callback_metrics["test/psnr"]) - expected.item()) < 1e-3
+    # only fitting sets the scale: validate on the saved checkpoint leaves it as saved
+    validated = run_cli("validate", *quiet(tmp_path, "--ckpt_path=last"))
+    assert torch.equal(validated.model.net.latent_scale, model.net.latent_scale)
 
 
 def test_latent_dit_trains_on_latents_and_decodes_its_samples(tmp_path):
@@ -129,10 +139,13 @@ def test_latent_dit_trains_on_latents_and_decodes_its_samples(tmp_path):
     z = model.diffusion.ddim_sample(guided(model.ema, 1.5, model.ema.null_class), (3, 2, 4, 4), 4,
                                    generator=torch.Generator().manual_seed(0), clip_x0=False, y=labels)
     torch.testing.assert_close(samples, ae.decode(z))
-    # a checkpoint of the latent DiT loads (weights_only) and samples the same
+    # a checkpoint of the latent DiT is self-contained: with the autoencoder's file gone it still
+    # loads (weights_only) and samples the same
+    assert model.hparams.autoencoder_arch == {"in_channels": 1, "latent_channels": 2, "widths": [8, 8]}
     ckpt = tmp_path / "dit.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "pytorch-lightning_version": lightning.__version__}, ckpt)
+    path.unlink()
     loaded = ConditionalDiT.load_from_checkpoint(ckpt, weights_only=True).eval()
     torch.testing.assert_close(loaded.sample(labels, generator=torch.Generator().manual_seed(0)), samples)
 

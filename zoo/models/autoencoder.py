@@ -8,10 +8,12 @@ Training (``fit``): images in [0, 1] are mapped to [-1, 1]; the loss per image i
 
 (both terms per element, so ``kl_weight`` does not depend on the image or latent size).
 
-Validation logs the reconstruction error of the posterior mean (``val/mse`` in [-1, 1] units,
-``val/psnr`` in dB for images in [0, 1]) and measures the standard deviation of the posterior means
-over the validation set; ``1 / std`` becomes the network's ``latent_scale`` (saved with the
-weights), so the latents a diffusion model sees have unit variance.
+Validation logs the reconstruction error of the posterior mean (``val/mse`` in [-1, 1] units;
+``val/psnr`` in dB for images in [0, 1], from the squared error summed over the whole set, not a
+mean of per-batch values) and, while fitting, measures the standard deviation of the posterior
+means over the validation set; ``1 / std`` becomes the network's ``latent_scale`` (saved with the
+weights), so the latents a diffusion model sees have unit variance. (The sanity check before
+training and a later ``validate`` leave the scale alone.)
 
 ``test`` logs the same metrics and writes ``reconstructions.png`` to the run folder: test images
 (odd rows) above their reconstructions (even rows).
@@ -23,6 +25,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from zoo.models.base import ZooModule
@@ -57,7 +60,7 @@ class ImageAutoencoder(ZooModule):
         self.save_hyperparameters()
         self.net = ConvAutoencoder(in_channels, latent_channels, widths)
         self.latent_shape = self.net.latent_shape(input_size)
-        self._moments = torch.zeros(3, dtype=torch.float64)
+        self._sums = torch.zeros(5, dtype=torch.float64)
         self._shown: list[Tensor] = []
 
     def _x(self, images: Tensor) -> Tensor:
@@ -79,27 +82,43 @@ class ImageAutoencoder(ZooModule):
         x = self._x(batch[0])
         mean, _ = self.net.encode(x)
         recon = self.net.decode(mean)
-        mse = F.mse_loss(recon, x)
-        # PSNR of images in [0, 1]: their squared error is a quarter of the [-1, 1] one.
-        self.log(f"{stage}/mse", mse, prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/psnr", 10 * torch.log10(4 / mse.clamp_min(1e-12)), sync_dist=True)
+        errors = (recon - x).double().square()
+        self._sums[:2] += torch.stack([errors.sum(), errors.new_tensor(errors.numel())])
+        self.log(f"{stage}/mse", errors.mean().float(), prog_bar=stage == "val", sync_dist=True)
         return x, mean, recon
 
+    def _log_psnr(self, stage: str) -> Tensor:
+        """PSNR of images in [0, 1] over the whole set (their squared error is a quarter of the
+        [-1, 1] one); also returns the reduced sums for the latent scale."""
+        sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        if sums[1] > 0:
+            self.log(f"{stage}/psnr", 10 * math.log10(4 * float(sums[1]) / max(float(sums[0]), 1e-12)))
+        return sums
+
+    def _reset(self) -> None:
+        # squared-error sum, element count; then count, sum and squared sum of the posterior means
+        self._sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+
     def on_validation_epoch_start(self) -> None:
-        self._moments = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self._reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         _, mean, _ = self._evaluate(batch, "val")
         m = mean.detach().double()
-        self._moments += torch.stack([m.new_tensor(m.numel()), m.sum(), m.square().sum()])
+        self._sums[2:] += torch.stack([m.new_tensor(m.numel()), m.sum(), m.square().sum()])
 
     def on_validation_epoch_end(self) -> None:
-        """``latent_scale = 1 / std`` of the validation set's posterior means (all ranks' sums)."""
-        count, total, squares = self.trainer.strategy.reduce(self._moments, reduce_op="sum").tolist()
-        if count > 1:
-            variance = (squares - total * total / count) / (count - 1)
-            self.net.latent_scale.fill_(1 / math.sqrt(max(variance, 1e-12)))
-            self.log("val/latent_std", math.sqrt(max(variance, 0.0)), sync_dist=False)
+        """``val/psnr``; while fitting (not in the sanity check), ``latent_scale = 1 / std`` of the
+        validation set's posterior means (all ranks' sums)."""
+        count, total, squares = self._log_psnr("val")[2:].tolist()
+        if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING or count < 2:
+            return
+        variance = (squares - total * total / count) / (count - 1)
+        self.net.latent_scale.fill_(1 / math.sqrt(max(variance, 1e-12)))
+        self.log("val/latent_std", math.sqrt(max(variance, 0.0)))
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, _, recon = self._evaluate(batch, "test")
@@ -107,16 +126,22 @@ class ImageAutoencoder(ZooModule):
             self._shown.append(torch.stack([x, recon.clamp(-1, 1)], 1).cpu())
 
     def on_test_epoch_end(self) -> None:
-        """``reconstructions.png``: rows of 8 test images, each followed by a row of their reconstructions."""
+        """``test/psnr`` and ``reconstructions.png``: rows of 8 test images, each followed by a row of
+        their reconstructions."""
+        self._log_psnr("test")
+        path = self.output_path("reconstructions.png")  # every rank: trainer.log_dir is a collective
         if not self._shown:
             return
         pairs = torch.cat(self._shown)[:SHOWN]  # [N, 2, C, H, W]
         self._shown.clear()
-        pad = -len(pairs) % 8
-        pairs = torch.cat([pairs, pairs.new_full((pad, *pairs.shape[1:]), -1.0)])
-        grid = torch.cat([pairs[i:i + 8].transpose(0, 1).flatten(0, 1) for i in range(0, len(pairs), 8)])
-        captions = (([""] * 8 + ["recon"] * 8) * (len(pairs) // 8))
-        image_grid((grid + 1) / 2, self.output_path("reconstructions.png"), captions)
+        rows = []
+        for i in range(0, len(pairs), 8):
+            row = pairs[i:i + 8]
+            blank = row.new_full((8 - len(row), *row.shape[1:]), -1.0)
+            rows += [torch.cat([row[:, 0], blank[:, 0]]), torch.cat([row[:, 1], blank[:, 1]])]
+        captions = [c for row in range(0, len(pairs), 8) for c in
+                    [""] * 8 + ["recon"] * min(8, len(pairs) - row) + [""] * (8 - min(8, len(pairs) - row))]
+        image_grid((torch.cat(rows) + 1) / 2, path, captions)
 
     # -- what a latent diffusion model calls -------------------------------------------------
     @torch.no_grad()

@@ -143,14 +143,14 @@ class ImageClassifier(ZooModule):
         shown = torch.cat(self._shown) if self._shown else torch.empty(0)
         self._predictions.clear()
         self._shown.clear()
-        path = self.output_path("predictions.csv")
+        path, grid = self.output_path("predictions.csv"), self.output_path("predictions.png")  # every rank
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["predicted", "probability", "label"])
             writer.writerows([int(p), f"{c:.6f}", int(y)] for p, c, y in rows.tolist())
         if len(shown):
             pairs = [(int(p), int(y)) for p, _, y in rows[: len(shown)].tolist()]
-            image_grid(shown, self.output_path("predictions.png"), [f"{p} ({y})" for p, y in pairs],
+            image_grid(shown, grid, [f"{p} ({y})" for p, y in pairs],
                        ["black" if p == y else "red" for p, y in pairs])
         print(f"wrote {len(rows)} predictions to {path}")
 

@@ -29,12 +29,16 @@ Latent diffusion (``autoencoder``: a registered name or a checkpoint path of a t
 latents ``z_0 = s * mu(x)`` instead of pixels, on the latent grid (``input_size / f`` per side,
 ``latent_channels`` channels; ``patch_size`` counts latent cells), and samples are decoded. The
 autoencoder is frozen and kept inside the module (its weights are in every checkpoint); latents are
-not clipped during sampling (pixels are, to [-1, 1]).
+not clipped during sampling (pixels are, to [-1, 1]). The autoencoder's architecture is recorded as
+the hyperparameter ``autoencoder_arch`` when the file is first read, so a checkpoint rebuilds it
+and loads its weights from its own ``state_dict``: it needs neither the autoencoder's file nor its
+registry entry any more.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,6 +87,9 @@ class ConditionalDiT(ZooModule):
         sample_seed: seed of the sampling noise (same seed, same samples).
         autoencoder: registered name or checkpoint path of an ``ImageAutoencoder`` whose latents
             the DiT models (module docstring); ``None`` = pixel space.
+        autoencoder_arch: filled in from the autoencoder's file (``in_channels``, ``latent_channels``,
+            ``widths``) and saved with the checkpoint, which then rebuilds the autoencoder without
+            the file; not meant to be set by hand.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class ConditionalDiT(ZooModule):
         eta: float = 0.0,
         sample_seed: int = 0,
         autoencoder: str | None = None,
+        autoencoder_arch: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= ema_decay < 1:
@@ -116,8 +124,12 @@ class ConditionalDiT(ZooModule):
         self.save_hyperparameters()
         self.autoencoder = None
         self.shape = (in_channels, input_size, input_size)  # what the DiT models: pixels or latents
-        if autoencoder is not None:
+        if autoencoder_arch is not None:  # from a checkpoint: its state_dict holds the weights
+            self.autoencoder = ConvAutoencoder(**autoencoder_arch).requires_grad_(False)
+        elif autoencoder is not None:  # a fresh run: read the file, record the architecture
             self.autoencoder = load_autoencoder(autoencoder)
+            self.hparams["autoencoder_arch"] = {key: getattr(self.autoencoder, key) for key in AUTOENCODER_KEYS}
+        if self.autoencoder is not None:
             if self.autoencoder.in_channels != in_channels:
                 raise ConfigError(f"autoencoder {autoencoder!r} encodes {self.autoencoder.in_channels}-channel images, "
                                   f"but in_channels is {in_channels}")
@@ -215,15 +227,15 @@ class ConditionalDiT(ZooModule):
 
     def on_predict_epoch_end(self) -> None:
         """``samples.pt`` ({"samples", "labels"}) and ``samples.png`` (up to 8 per class, a row per class)."""
+        path, grid = self.output_path("samples.pt"), self.output_path("samples.png")  # every rank: a collective
         if not self._samples:
             return
         samples = torch.cat([s for s, _ in self._samples])
         labels = torch.cat([y for _, y in self._samples])
         self._samples.clear()
-        path = self.output_path("samples.pt")
         torch.save({"samples": samples, "labels": labels}, path)
         rows = [samples[labels == c][:8] for c in labels.unique().tolist()]
         shown = torch.cat([torch.cat([r, torch.zeros(8 - len(r), *r.shape[1:])]) for r in rows])
         captions = [str(int(c)) if i < len(r) else "" for c, r in zip(labels.unique().tolist(), rows) for i in range(8)]
-        image_grid(shown, self.output_path("samples.png"), captions)
+        image_grid(shown, grid, captions)
         print(f"wrote {len(samples)} samples to {path}")
