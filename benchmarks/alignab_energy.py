@@ -40,7 +40,8 @@ import torch
 from scipy.stats import rankdata, spearmanr
 
 from data_modules.complexes import load_complex, read_affinities, read_cases
-from zoo.nn.energy import neighbour_pairs, pair_energies, score_complex, translate
+from timing import rounds  # benchmarks/timing.py
+from zoo.nn.energy import neighbour_pairs, score_complex, translate
 from zoo.plots import save_figure
 
 PUSH_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -66,16 +67,6 @@ def interface_residues(c) -> int:
     ok = c.atom_mask[first][:, :, None] & c.atom_mask[second][:, None, :]
     close = ((d < CONTACT) & ok).flatten(1).any(1)
     return len(set(first[close].tolist()) | set(second[close].tolist()))
-
-
-def time_call(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -113,12 +104,9 @@ def main() -> None:
                "h3_nonrep": float(energy.cdr_ag_nonrep[0]), "h3_rep": float(energy.cdr_ag_rep[0]),
                "h3_elec": float(energy.cdr_ag_elec[0]),
                "contacts": interface_residues(c), "dasa": dasa.get(case.name),
-               "score_s": time_call(lambda: call(c.coords), args.repeats),
-               "score8_s": time_call(lambda: call(batch), args.repeats)}
-        # dg_atr: the attraction part of dg, from the same interface pairs
-        index = torch.arange(len(c))
-        pairs = neighbour_pairs(c.coords, c.atom_mask, index[~c.antigen_mask], index[c.antigen_mask])
-        row["dg_atr"] = float(pair_energies(c.coords, c.aa, c.atom_mask, c.chain, *pairs).atr.sum())
+               "score_s": statistics.median(rounds(lambda: call(c.coords), args.repeats, 0.0)),
+               "score8_s": statistics.median(rounds(lambda: call(batch), args.repeats, 0.0))}
+        row["dg_atr"] = float(energy.dg_atr[0])  # the attraction part of dg, same interface pairs
         apart = call(translate(c.coords, c.antigen_mask, torch.tensor([500.0, 0.0, 0.0])))
         row["apart_max_abs"] = max(abs(float(getattr(apart, k)[0])) for k in ("dg", "cdr_ag_nonrep", "cdr_ag_rep", "cdr_ag_elec"))
         if h3.any():

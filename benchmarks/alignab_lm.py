@@ -32,7 +32,7 @@ import time
 import torch
 
 import zoo
-from data_modules.antibody import IGNORE_INDEX, AntibodySequenceDataModule
+from data_modules.antibody import AntibodySequenceDataModule
 from data_modules.numbering import cdr_spans
 from zoo.errors import MalformedDataError
 from zoo.models.antibody_lm import MaskedLMScores
@@ -44,12 +44,7 @@ def evaluate(model, data: AntibodySequenceDataModule) -> dict[str, dict[str, flo
     with torch.no_grad():
         for start in range(0, len(test_set), 64):
             batch = test_set.__getitems__(list(range(start, min(start + 64, len(test_set)))))
-            targets = batch["labels"] != IGNORE_INDEX
-            truth, h3 = batch["labels"][targets], batch["cdr_h3"][targets]
-            rows = targets.nonzero()[:, 1]
-            log_probs = {"lm": model(batch["inputs"])[targets].float().log_softmax(-1),
-                         "unigram": model._baseline_log_probs("unigram", rows),
-                         "position": model._baseline_log_probs("position", rows)}
+            log_probs, truth, h3 = model.target_log_probs(batch)
             for scorer, values in log_probs.items():
                 scores[f"{scorer}_all"].update(values, truth)
                 scores[f"{scorer}_h3"].update(values[h3], truth[h3])
@@ -60,14 +55,14 @@ def evaluate(model, data: AntibodySequenceDataModule) -> dict[str, dict[str, flo
 def nativeness(model, sequences: list[str], seed: int = 0) -> dict[str, float]:
     rng = random.Random(seed)
     shuffled = ["".join(rng.sample(s, len(s))) for s in sequences]
-    native_pll = model.pseudo_log_likelihood(sequences)
-    shuffled_pll = model.pseudo_log_likelihood(shuffled)
-    times = []
-    for start in range(0, len(sequences), 8):
+    native, times = [], []
+    for start in range(0, len(sequences), 8):  # timed in chunks of 8; the chunks give the native PLL
         chunk = sequences[start : start + 8]
         begin = time.perf_counter()
-        model.pseudo_log_likelihood(chunk)
+        native.append(model.pseudo_log_likelihood(chunk))
         times.append((time.perf_counter() - begin) / len(chunk))
+    native_pll = torch.cat(native)
+    shuffled_pll = model.pseudo_log_likelihood(shuffled)
     return {
         "native_pll": float(native_pll.mean()),
         "shuffled_pll": float(shuffled_pll.mean()),
@@ -78,7 +73,8 @@ def nativeness(model, sequences: list[str], seed: int = 0) -> dict[str, float]:
 
 
 def numbering_agreement(path, sequence_column: str = "sequence_alignment_aa", cdr3_column: str = "cdr3_aa") -> dict:
-    rows = list(csv.DictReader(open(path)))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
     numbered = agree = 0
     for row in rows:
         sequence = row[sequence_column]

@@ -28,6 +28,7 @@ import time
 
 import torch
 from diffusers import DiTTransformer2DModel
+from timing import rounds
 from torch.utils.flop_counter import FlopCounterMode
 
 from zoo.nn.dit import DIT_SIZES, dit
@@ -58,17 +59,10 @@ def flops(call) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(m: int, k: int, n: int, calls: int = 20) -> float:
-    """fp32 GFLOP/s of ``[m, k] @ [k, n]`` (median of ``calls``)."""
+def matmul_rate(m: int, k: int, n: int) -> float:
+    """fp32 GFLOP/s of ``[m, k] @ [k, n]`` (median of 5 rounds of about 0.05 s)."""
     a, b = torch.randn(m, k), torch.randn(k, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return 2 * m * k * n / statistics.median(rounds(lambda: a @ b, 5, 0.05)) / 1e9
 
 
 def main() -> None:
@@ -122,8 +116,8 @@ def main() -> None:
             a, b = (statistics.median(times[(n, kind)]) * 1000 for n in ("zoo", "diffusers"))
             row[f"{kind}_ms_zoo"], row[f"{kind}_ms_diffusers"] = round(a, 2), round(b, 2)
             row[f"{kind}_speedup"] = round(b / a, 3)
-        for name, (forward, model) in calls.items():
-            count = flops(lambda: forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y])))
+        for name in calls:
+            count = flops(lambda: sample(name))  # the timed sampling call
             row[f"sample_gflop_{name}"] = round(count / 1e9, 2)
             row[f"sample_gflops_{name}"] = round(count / row[f"sample_ms_{name}"] / 1e6, 1)
         hidden = DIT_SIZES[size]["hidden_size"]

@@ -200,14 +200,14 @@ class AntibodySequenceDataModule(ZooDataModule):
         path = self.find_file(self.file)
         records = read_sequences(path, self.format, self.sequence_column, self.id_column)[: self.limit]
         for name, sequence in records:
-            self.tokenizer.encode(sequence, name=f"{path}: record {name!r}")
             if len(sequence) > self.max_length:
                 raise MalformedDataError(
                     f"{path}: record {name!r} has {len(sequence)} residues, more than max_length={self.max_length}"
                 )
         self.names = [name for name, _ in records]
         self.sequences = [sequence.upper() for _, sequence in records]
-        tokens = self.tokenizer.batch_encode(self.sequences, self.max_length + 2)
+        tokens = self.tokenizer.batch_encode(self.sequences, self.max_length + 2,
+                                             names=[f"{path}: record {name!r}" for name in self.names])
         cdr_h3 = torch.zeros_like(tokens, dtype=torch.bool)
         self.unnumbered = 0
         for row, sequence in enumerate(self.sequences):

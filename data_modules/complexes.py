@@ -33,8 +33,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from Bio.PDB import PDBIO, PDBParser
-from Bio.PDB.StructureBuilder import StructureBuilder
 from torch import Tensor
 
 from data_modules.base import TensorSet, ZooDataModule, seeded_split
@@ -156,6 +154,8 @@ Residue = tuple[str, int, str, dict[str, list[float]]]  # one-letter aa, number,
 
 def _read_chains(path: Path, chain_ids: tuple[str, ...]) -> dict[str, list[Residue]]:
     """Per requested chain: (one-letter aa, residue number, insertion code, {atom14 name: xyz}) per residue."""
+    from Bio.PDB import PDBParser  # here, not at import: every `python -m zoo` imports data_modules
+
     if not path.is_file():
         raise MissingDataError(f"no PDB file {str(path)!r}")
     try:
@@ -243,23 +243,16 @@ def load_complex(complexes_dir: str | Path, case: Case, epitope_cutoff: float = 
                 spans = {}
             for name, (start, end) in spans.items():
                 flags[start:end] = [CDR_NAMES.index(name) + 1] * (end - start)
-        for (one, number, code, atoms), flag in zip(residues, flags):
-            slots = ATOM14[one]
-            xyz = torch.zeros(14, 3)
-            present = torch.zeros(14, dtype=torch.bool)
-            for slot, name in enumerate(slots):
-                if name in atoms:
-                    xyz[slot] = torch.tensor(atoms[name])
-                    present[slot] = True
-            aa.append(AMINO_ACIDS.index(one) if one != "X" else UNKNOWN)
-            coords.append(xyz)
-            mask.append(present)
+        for store, part in zip((aa, coords, mask), _atom14(residues)):
+            store.append(part)
+        for (_, number, code, _), flag in zip(residues, flags):
             chain.append(index)
             resseq.append(number)
             icode.append(code)
             role.append(ROLES.index("antigen") if kind is None else ROLES.index("heavy" if kind == "H" else "light"))
             cdr.append(flag)
-    complex_ = Complex(case.name, torch.tensor(aa), torch.stack(coords), torch.stack(mask), torch.tensor(chain),
+    aa = torch.cat(aa)
+    complex_ = Complex(case.name, aa, torch.cat(coords), torch.cat(mask), torch.tensor(chain),
                        chain_ids, torch.tensor(resseq), icode, torch.tensor(role), torch.tensor(cdr),
                        torch.zeros(len(aa), dtype=torch.bool))
     complex_.epitope = epitope_mask(complex_, epitope_cutoff)
@@ -307,6 +300,9 @@ def write_pdb(complex_: Complex, path: str | Path, sequence: str | None = None, 
         atom_mask = complex_.atom_mask.clone()
         atom_mask[changed, 4:] = False
         atom_mask[changed, :4] = True
+    from Bio.PDB import PDBIO
+    from Bio.PDB.StructureBuilder import StructureBuilder
+
     builder = StructureBuilder()
     builder.init_structure(complex_.name)
     builder.init_model(0)
@@ -332,18 +328,25 @@ def write_pdb(complex_: Complex, path: str | Path, sequence: str | None = None, 
     return path
 
 
+def _atom14(residues: list) -> tuple[Tensor, Tensor, Tensor]:
+    """``aa [N]``, ``coords [N, 14, 3]`` and ``atom_mask [N, 14]`` of parsed residues
+    ``(one-letter code, number, insertion code, {atom name: xyz})`` in the atom14 layout."""
+    coords, mask = torch.zeros(len(residues), 14, 3), torch.zeros(len(residues), 14, dtype=torch.bool)
+    for i, (one, _, _, atoms) in enumerate(residues):
+        for slot, name in enumerate(ATOM14[one]):
+            if name in atoms:
+                coords[i, slot], mask[i, slot] = torch.tensor(atoms[name]), True
+    aa = torch.tensor([AMINO_ACIDS.index(r[0]) if r[0] != "X" else UNKNOWN for r in residues], dtype=torch.long)
+    return aa, coords, mask
+
+
 def read_pdb_complex(path: str | Path, like: Complex) -> Complex:
     """Read back a file written by :func:`write_pdb` with the chain layout, roles and CDR flags of ``like``."""
     chains = _read_chains(Path(path), tuple(like.chain_ids))
     residues = [r for cid in like.chain_ids for r in chains[cid]]
     if len(residues) != len(like):
         raise MalformedDataError(f"{path}: {len(residues)} residues, expected {len(like)} as in {like.name}")
-    coords, mask = torch.zeros(len(like), 14, 3), torch.zeros(len(like), 14, dtype=torch.bool)
-    for i, (one, _, _, atoms) in enumerate(residues):
-        for slot, name in enumerate(ATOM14[one]):
-            if name in atoms:
-                coords[i, slot], mask[i, slot] = torch.tensor(atoms[name]), True
-    aa = torch.tensor([AMINO_ACIDS.index(r[0]) if r[0] != "X" else UNKNOWN for r in residues])
+    aa, coords, mask = _atom14(residues)
     return Complex(like.name, aa, coords, mask, like.chain.clone(), list(like.chain_ids),
                    torch.tensor([r[1] for r in residues]), [r[2] for r in residues], like.role.clone(),
                    like.cdr.clone(), like.epitope.clone())

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from data_modules.base import TensorSet, ZooDataModule
 from zoo.errors import ConfigError
-from zoo.nn.icl_baselines import relu_net
+from zoo.nn.icl_baselines import init_relu_net, relu_net
 
 TASKS = ("linear", "sparse_linear", "noisy_linear", "relu_net")
 
@@ -62,8 +62,7 @@ def sample_prompts(task: str, num: int, n_points: int, n_dims: int, generator: t
         w = torch.zeros(num, dims).scatter(1, support, torch.randn(num, k, generator=generator) / k**0.5)
         ys = torch.einsum("bnd,bd->bn", xs[..., :dims], w)
     elif task == "relu_net":
-        widths = [dims] + [hidden] * (depth - 1) + [1]
-        weights = [torch.randn(num, o, i, generator=generator) * (2 / i) ** 0.5 for i, o in zip(widths, widths[1:])]
+        weights = init_relu_net(num, dims, hidden, depth, generator)
         reference = torch.randn(num, norm_samples, dims, generator=generator)
         both = relu_net(torch.cat([xs[..., :dims], reference], 1), weights)
         mean, std = both[:, n_points:].mean(1, keepdim=True), both[:, n_points:].std(1, keepdim=True)

@@ -216,8 +216,7 @@ class DPIndex(ABC):
             raise ConfigError(f"unit must be one of {UNITS}, got {unit!r}")
         self.n, self.k, self.epsilon, self.unit, self.seed = n, int(k), float(epsilon), unit, int(seed)
         self._make_public(np.random.default_rng(seed))
-        self.eps_bit = self.epsilon / self.sensitivity()
-        self.p = flip_prob(self.eps_bit)
+        self._set_noise()
         rng = np.random.default_rng(noise_seed)
         self.released = [self._release(s, e, rng) for s, e in zip(self.sketches, self._embed(x))]
 
@@ -230,6 +229,19 @@ class DPIndex(ABC):
     @abstractmethod
     def _make_public(self, rng: np.random.Generator) -> None:
         """Draw the public randomness (hashes, walks) and set ``self.sketches``."""
+
+    @abstractmethod
+    def sketch_bound(self) -> int:
+        """The largest distance each sketch is sized for (its levels: ``levels(sketch_bound())``)."""
+
+    def _restore(self, state: dict[str, np.ndarray]) -> None:
+        """Set what a subclass keeps beyond the sketches from a saved ``state`` (:func:`load`)."""
+
+    def _set_noise(self) -> None:
+        """The per-bit budget ``eps_bit = eps / sensitivity`` and flip probability ``p``, once the
+        public randomness is set (at construction and in :func:`load`)."""
+        self.eps_bit = self.epsilon / self.sensitivity()
+        self.p = flip_prob(self.eps_bit)
 
     @abstractmethod
     def _embed(self, x: np.ndarray) -> list[np.ndarray]:
@@ -298,7 +310,10 @@ class DPHammingIndex(DPIndex):
     kind = "hamming"
 
     def _make_public(self, rng: np.random.Generator) -> None:
-        self.sketches = [Sketch.random(self.n, self.k, rng)]
+        self.sketches = [Sketch.random(self.n, self.sketch_bound(), rng)]
+
+    def sketch_bound(self) -> int:
+        return self.k
 
     def _embed(self, x: np.ndarray) -> list[np.ndarray]:
         return [x]
@@ -322,10 +337,17 @@ class DPEditIndex(DPIndex):
 
     def _make_public(self, rng: np.random.Generator) -> None:
         self.walks = rng.integers(0, 2, (self.walks_n, 3 * self.n, 2)).astype(np.uint8)
-        self.sketches = [Sketch.random(3 * self.n, self.cgk_bound(), rng) for _ in range(self.walks_n)]
+        self.sketches = [Sketch.random(3 * self.n, self.sketch_bound(), rng) for _ in range(self.walks_n)]
 
     def cgk_bound(self) -> int:
         return min(CGK_SCALE * self.k ** 2, 3 * self.n)
+
+    def sketch_bound(self) -> int:
+        return self.cgk_bound()
+
+    def _restore(self, state: dict[str, np.ndarray]) -> None:
+        self.walks = state["walks"]
+        self.walks_n = len(self.sketches)
 
     def _embed(self, x: np.ndarray) -> list[np.ndarray]:
         return [cgk_embed(x, walk) for walk in self.walks]
@@ -355,20 +377,18 @@ def load(path: str | Path) -> DPIndex:
     if tags[0] != FORMAT or tags[1] not in KINDS or tags[2] not in UNITS:
         raise MalformedDataError(expected)
     try:
-        cls = DPHammingIndex if str(state["kind"]) == "hamming" else DPEditIndex
+        cls = {c.kind: c for c in (DPHammingIndex, DPEditIndex)}[tags[1]]
         index = cls.__new__(cls)
         index.n, index.k, index.epsilon = int(state["n"]), int(state["k"]), float(state["epsilon"])
         index.unit, index.seed = str(state["unit"]), int(state["seed"])
         count = int(state["sketches"])
-        widths = levels(index.cgk_bound() if cls is DPEditIndex else index.k)
+        widths = levels(index.sketch_bound())
         index.sketches = [Sketch(state[f"buckets{i}"], widths) for i in range(count)]
         index.released = [state[f"released{i}"] for i in range(count)]
-        if cls is DPEditIndex:
-            index.walks, index.walks_n = state["walks"], count
+        index._restore(state)
     except (KeyError, ValueError, TypeError, IndexError) as err:
         raise MalformedDataError(f"{expected}: {err}") from err
-    index.eps_bit = index.epsilon / index.sensitivity()
-    index.p = flip_prob(index.eps_bit)
+    index._set_noise()
     return index
 
 

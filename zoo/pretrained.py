@@ -72,6 +72,12 @@ def pretrained_info(name: str) -> dict[str, Any]:
     return manifest[name]
 
 
+def checkpoint_path(spec: str | Path) -> Path:
+    """The file of a registered name (``zoo.list_pretrained()``), or ``spec`` itself as a path."""
+    manifest = read_manifest()
+    return checkpoint_dir() / manifest[str(spec)]["file"] if str(spec) in manifest else Path(spec)
+
+
 def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file safely and check it is one; the sha256 too if the manifest lists it.
 

@@ -172,16 +172,23 @@ class AntibodyLM(ZooModule):
         self.log_train(batch_idx, loss=loss)
         return loss
 
-    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> None:
-        loss, logits = self._loss(batch)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+    def target_log_probs(self, batch: dict[str, Tensor], logits: Tensor | None = None
+                         ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """Log-probabilities ``[T, vocab]`` of the batch's masked targets from the LM and from the
+        unigram and position-frequency baselines, with the true tokens ``[T]`` and whether each
+        target lies in CDR-H3 ``[T]``."""
+        logits = self(batch["inputs"]).float() if logits is None else logits
         targets = batch["labels"] != IGNORE_INDEX
-        truth = batch["labels"][targets]
         rows = targets.nonzero()[:, 1]
-        h3 = batch["cdr_h3"][targets]
         log_probs = {"lm": logits[targets].log_softmax(-1),
                      "unigram": self._baseline_log_probs("unigram", rows),
                      "position": self._baseline_log_probs("position", rows)}
+        return log_probs, batch["labels"][targets], batch["cdr_h3"][targets]
+
+    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> None:
+        loss, logits = self._loss(batch)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        log_probs, truth, h3 = self.target_log_probs(batch, logits)
         for scorer, values in log_probs.items():
             self.scores[f"{stage}_{scorer}_all"].update(values, truth)
             self.scores[f"{stage}_{scorer}_h3"].update(values[h3], truth[h3])

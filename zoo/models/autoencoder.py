@@ -59,7 +59,7 @@ class ImageAutoencoder(ZooModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = ConvAutoencoder(in_channels, latent_channels, widths)
-        self.latent_shape = self.net.latent_shape(input_size)
+        self.net.latent_shape(input_size)  # checks that input_size is divisible by the factor
         self._sums = torch.zeros(5, dtype=torch.float64)
         self._shown: list[Tensor] = []
 

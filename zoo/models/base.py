@@ -65,14 +65,15 @@ class ZooModule(LightningModule):
             want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
             raise ShapeError(f"{type(self).__name__}: {name} must have shape {want}, got {list(shape)}{hint}")
 
-    def output_path(self, name: str) -> Path:
+    def output_path(self, name: str, per_rank: bool = True) -> Path:
         """Where a file the module writes (``samples.png``, ``predictions.csv``) goes: the run's log
         dir, or ``trainer.default_root_dir`` when there is no logger (``fast_dev_run``), never the
-        working directory; ``samples_rank1.png`` etc. when several processes write. Every rank must
-        call it (``trainer.log_dir`` is a collective under DDP)."""
+        working directory. When several processes write (``per_rank``), each gets its own name
+        (``samples_rank1.png``); a file only rank 0 writes keeps its name. Every rank must call it,
+        before any early return (``trainer.log_dir`` is a collective under DDP)."""
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.trainer.world_size > 1:
+        if per_rank and self.trainer.world_size > 1:
             stem, dot, ext = name.partition(".")
             name = f"{stem}_rank{self.global_rank}{dot}{ext}"
         return folder / name

@@ -49,7 +49,7 @@ from zoo.nn.autoencoder import ConvAutoencoder
 from zoo.nn.diffusion import GaussianDiffusion, guided
 from zoo.nn.dit import dit
 from zoo.plots import image_grid
-from zoo.pretrained import checkpoint_dir, pretrained_info, read_manifest, verify_checkpoint
+from zoo.pretrained import checkpoint_path, verify_checkpoint
 
 AUTOENCODER_KEYS = ("in_channels", "latent_channels", "widths")
 
@@ -58,7 +58,7 @@ def load_autoencoder(spec: str) -> ConvAutoencoder:
     """The frozen network of a trained ``ImageAutoencoder``: ``spec`` is a registered name
     (``zoo.list_pretrained()``) or a checkpoint path. (It has no dropout and no batch statistics,
     so the train/eval mode Lightning sets does not change it.)"""
-    path = checkpoint_dir() / pretrained_info(spec)["file"] if spec in read_manifest() else spec
+    path = checkpoint_path(spec)
     checkpoint = verify_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     if any(key not in hparams for key in AUTOENCODER_KEYS):

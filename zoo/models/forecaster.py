@@ -22,7 +22,6 @@ as in the ETT literature.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -154,9 +153,8 @@ class Forecaster(ZooModule):
 
     def on_predict_epoch_end(self) -> None:
         """Plot the first windows' last channel (look-back, truth, forecast) to ``forecasts.png``."""
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+        path = self.output_path("forecasts.png", per_rank=False)  # every rank: a collective
         if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
-            path = Path(log_dir or self.trainer.default_root_dir) / "forecasts.png"
             forecast_panel(*self._shown, path, title=f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}")
             print(f"wrote {path}")
         self._shown = None

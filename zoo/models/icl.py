@@ -26,7 +26,7 @@ from torch import Tensor
 
 from zoo.errors import ConfigError, ShapeError
 from zoo.models.base import ZooModule
-from zoo.nn.icl import ATTENTIONS, BACKBONES, ICLTransformer
+from zoo.nn.icl import ICLTransformer
 from zoo.nn.icl_baselines import BASELINES
 
 
@@ -63,12 +63,6 @@ class InContextRegression(ZooModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ConfigError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
-        if attention not in ATTENTIONS:
-            raise ConfigError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        if width % heads:
-            raise ConfigError(f"width={width} must be divisible by heads={heads}")
         for name, value in (("n_dims", n_dims), ("n_positions", n_positions), ("depth", depth), ("knn_k", knn_k)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -35,7 +35,6 @@ model retrieves on its own: ``model.retrieve(queries)``.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -205,14 +204,15 @@ class UHopPlus(ZooModule):
         """``retrieval.png``: one row per shown memory: the memory, then per query type the query
         and what plain and U-Hop+ retrieval (first separation) return."""
         shown, self._shown = self._shown, {}
+        path = self.output_path("retrieval.png", per_rank=False)  # every rank: a collective
         shape = getattr(getattr(self.trainer, "datamodule", None), "image_shape", None)
-        if not shown or shape is None or self.trainer.log_dir is None or self.global_rank != 0:
+        if not shown or shape is None or self.global_rank != 0:
             return
         columns = ["memory"] + [f"{q}{suffix}" for q in QUERIES for suffix in ("", "/plain", "/uhop")]
         rows = len(shown["memory"])
         images = torch.stack([shown[c][r] for r in range(rows) for c in columns]).view(-1, *shape)
         captions = [c.replace("/", " ") for c in columns] * rows
-        image_grid(images, Path(self.trainer.log_dir) / "retrieval.png", captions, columns=len(columns))
+        image_grid(images, path, captions, columns=len(columns))
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.feature_map.parameters(), lr=self.hparams.lr)

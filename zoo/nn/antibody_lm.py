@@ -68,9 +68,12 @@ class AminoAcidTokenizer:
                 letters.append(self.tokens[token])
         return "".join(letters)
 
-    def batch_encode(self, sequences: Sequence[str], length: int | None = None) -> Tensor:
-        """``[batch, length]`` token ids padded with ``<pad>`` (``length`` defaults to the longest)."""
-        encoded = [self.encode(s) for s in sequences]
+    def batch_encode(self, sequences: Sequence[str], length: int | None = None,
+                     names: Sequence[str] | None = None) -> Tensor:
+        """``[batch, length]`` token ids padded with ``<pad>`` (``length`` defaults to the longest);
+        ``names`` label the sequences in the error an unknown letter raises."""
+        names = names if names is not None else [f"sequence {i}" for i in range(len(sequences))]
+        encoded = [self.encode(s, name=name) for s, name in zip(sequences, names)]
         longest = max((len(e) for e in encoded), default=0)
         length = longest if length is None else length
         if longest > length:
@@ -79,8 +82,6 @@ class AminoAcidTokenizer:
         for row, ids in enumerate(encoded):
             out[row, : len(ids)] = torch.tensor(ids)
         return out
-
-
 
 
 class EncoderBlock(nn.Module):

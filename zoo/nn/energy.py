@@ -40,7 +40,8 @@ Reported (:func:`score_complex`), for a chosen CDR mask (e.g. CDR-H3) and antige
 - ``cdr_total``: CDR E_total, the weighted energy of every scored pair with at least one CDR residue
   (CDR-CDR, CDR-rest of antibody, CDR-antigen); ``residue_total`` splits each pair half-half.
 - ``dg``: the interface dG proxy, the weighted interaction energy of the whole antibody with the antigen,
-  E(complex) - E(antibody) - E(antigen) with rigid separation (no repacking, no solvation).
+  E(complex) - E(antibody) - E(antigen) with rigid separation (no repacking, no solvation);
+  ``dg_atr`` is its unweighted attraction part.
 Weights: Rosetta ref2015 ``fa_atr 1.0, fa_rep 0.55, fa_elec 1.0`` (:data:`REF2015_WEIGHTS`).
 """
 
@@ -52,8 +53,8 @@ import torch
 from torch import Tensor
 
 from zoo.errors import ConfigError, ShapeError
+from zoo.nn.antibody_lm import AMINO_ACIDS  # index 20 here = X, unknown (backbone only)
 
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # index 20 = X, unknown (backbone only)
 UNKNOWN = 20
 THREE_TO_ONE = {
     "ALA": "A", "CYS": "C", "ASP": "D", "GLU": "E", "PHE": "F", "GLY": "G", "HIS": "H", "ILE": "I",
@@ -155,7 +156,6 @@ def _tables() -> dict[str, Tensor]:
 
 
 TABLES = _tables()
-SLOT = {aa: {name: i for i, name in enumerate(names)} for aa, names in ATOM14.items()}
 
 
 def switch(r: Tensor, on: float, off: float) -> Tensor:
@@ -299,6 +299,7 @@ class ComplexEnergy:
     cdr_ag_elec: Tensor
     cdr_total: Tensor
     dg: Tensor
+    dg_atr: Tensor
     residue_nonrep: Tensor
     residue_rep: Tensor
     residue_total: Tensor
@@ -343,6 +344,7 @@ def score_complex(coords: Tensor, aa: Tensor, atom_mask: Tensor, chain: Tensor, 
         cdr_ag_elec=interface.elec[:, in_cdr].sum(1),
         cdr_total=half.sum(1) * 2,
         dg=interface.weighted(weights).sum(1),
+        dg_atr=interface.atr.sum(1),
         residue_nonrep=residue_nonrep,
         residue_rep=residue_rep,
         residue_total=residue_total,

@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.errors import ConfigError
+from zoo.nn.icl_baselines import earlier_mask
+
 ATTENTIONS = ("softmax", "relu", "linear")
 BACKBONES = ("gpt2", "encoder")
 
@@ -84,11 +87,11 @@ class ICLTransformer(nn.Module):
                  backbone: str = "gpt2", attention: str = "softmax") -> None:
         super().__init__()
         if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+            raise ConfigError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
         if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+            raise ConfigError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if width % heads:
-            raise ValueError(f"width={width} must be divisible by heads={heads}")
+            raise ConfigError(f"width={width} must be divisible by heads={heads}")
         self.n_dims, self.n_positions, self.backbone = n_dims, n_positions, backbone
         self.read_in = nn.Linear(n_dims + (1 if backbone == "gpt2" else 2), width)
         self.positions = nn.Parameter(torch.randn(2 * n_positions, width) * 0.02) if backbone == "gpt2" else None
@@ -185,6 +188,6 @@ class LinearSelfAttention(nn.Module):
         query = torch.cat([xs, torch.zeros_like(ys)[..., None]], -1)  # query tokens
         scores = (query @ self.q.T) @ (e @ self.k.T).transpose(1, 2)  # [B, n (query), n (key)]
         n = xs.shape[1]
-        earlier = torch.ones(n, n, dtype=torch.bool, device=xs.device).tril(-1)
+        earlier = earlier_mask(n, xs.device)
         count = earlier.sum(-1, keepdim=True).clamp_min(1)
         return ((scores * earlier / count) @ (e @ self.v.T))[..., -1]

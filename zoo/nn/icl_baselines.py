@@ -76,9 +76,12 @@ def gd_prediction(xs: Tensor, ys: Tensor, eta: float) -> Tensor:
     return eta * averaging(xs, ys)
 
 
-def init_relu_net(num: int, widths: list[int], generator: torch.Generator, dtype=torch.float32) -> list[Tensor]:
-    """He-initialized weights of ``num`` bias-free ReLU networks, ``[num, out, in]`` per layer."""
-    return [(torch.randn(num, o, i, generator=generator, dtype=dtype) * (2 / i) ** 0.5).requires_grad_()
+def init_relu_net(num: int, dims: int, hidden: int, depth: int, generator: torch.Generator,
+                  dtype=torch.float32) -> list[Tensor]:
+    """He-initialized weights of ``num`` bias-free ``depth``-layer ReLU networks ``dims -> hidden
+    -> ... -> 1``, ``[num, out, in]`` per layer (the task's functions and direct training's start)."""
+    widths = [dims] + [hidden] * (depth - 1) + [1]
+    return [torch.randn(num, o, i, generator=generator, dtype=dtype) * (2 / i) ** 0.5
             for i, o in zip(widths, widths[1:])]
 
 
@@ -93,7 +96,7 @@ def direct_training(xs: Tensor, ys: Tensor, positions: list[int], depth: int = 3
     preds, losses = [], []
     for i in positions:
         generator = torch.Generator().manual_seed(seed * 100003 + i)
-        weights = init_relu_net(b, [d] + [hidden] * (depth - 1) + [1], generator, xs.dtype)
+        weights = [w.requires_grad_() for w in init_relu_net(b, d, hidden, depth, generator, xs.dtype)]
         if i == 0:
             preds.append(torch.zeros(b, dtype=xs.dtype))
             losses.append(torch.zeros(steps + 1, b, dtype=xs.dtype))
