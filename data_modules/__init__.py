@@ -1,4 +1,5 @@
-"""Shared LightningDataModules of the zoo; none imports anything from ``zoo.models``."""
+"""Shared LightningDataModules of the zoo. They import ``zoo.core`` at most, never a paper package;
+the paper packages import the vocabularies and task definitions kept here (``residues``, ``icl_tasks``)."""
 
 from data_modules.antibody import AntibodySequenceDataModule
 from data_modules.bags import DigitBagsDataModule

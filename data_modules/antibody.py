@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from data_modules.base import ZooDataModule, seeded_split
 from data_modules.numbering import cdr_mask
-from zoo.errors import ConfigError, MalformedDataError
-from zoo.nn.antibody_lm import AMINO_ACIDS, IGNORE_INDEX, SPECIAL_TOKENS, AminoAcidTokenizer
+from data_modules.residues import AMINO_ACIDS, IGNORE_INDEX, SPECIAL_TOKENS, AminoAcidTokenizer
+from zoo.core.errors import ConfigError, MalformedDataError
 
 __all__ = [
     "AMINO_ACIDS", "IGNORE_INDEX", "SPECIAL_TOKENS", "AminoAcidTokenizer", "AntibodySequenceDataModule",

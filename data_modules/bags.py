@@ -15,7 +15,7 @@ from torch import Tensor
 
 from data_modules.base import TensorSet, ZooDataModule
 from data_modules.digits import DigitsDataModule
-from zoo.errors import ConfigError
+from zoo.core.errors import ConfigError
 
 
 def make_bags(images: Tensor, labels: Tensor, count: int, target: int, size: float, size_std: float,

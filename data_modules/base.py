@@ -16,7 +16,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from zoo.errors import ConfigError, MissingDataError
+from zoo.core.errors import ConfigError, MissingDataError
 
 
 class TensorSet(Dataset):

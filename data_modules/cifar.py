@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from data_modules.image import ImageDataModule, as_images
-from zoo.errors import ConfigError, MalformedDataError
+from zoo.core.errors import ConfigError, MalformedDataError
 
 # The CIFAR pickles hold dicts, lists, bytes and numpy arrays; nothing else may be unpickled.
 # (``_codecs.encode`` is how protocol-2 pickles written by Python 3 store bytes.)

@@ -5,8 +5,8 @@ Files follow the Antibody Docking and Affinity Benchmark (Guest et al. 2021): ``
 holds the antibody chains, ``<ID>_l_b.pdb`` the antigen chains, in one frame; ``cases.tsv`` names the
 chains (``1S78_DC:A``: antibody chains D and C, antigen chain A); ``affinities.tsv`` gives ΔG (kcal/mol).
 
-Per residue (:class:`Complex`): the amino acid (``zoo.nn.energy.AMINO_ACIDS`` order, 20 = unknown), heavy
-atoms in the **atom14** layout (``zoo.nn.energy.ATOM14``: N, CA, C, O, then the side chain in PDB naming
+Per residue (:class:`Complex`): the amino acid (``data_modules.residues.AMINO_ACIDS`` order, 20 = unknown), heavy
+atoms in the **atom14** layout (``data_modules.residues.ATOM14``: N, CA, C, O, then the side chain in PDB naming
 order, 14 slots) with a mask of the atoms present, chain and residue ids, the role (heavy, light,
 antigen), the CDR (1-6 = H1, H2, H3, L1, L2, L3, IMGT via ``data_modules.numbering.cdr_spans``) and the
 epitope flag. Hydrogens, OXT, waters and ligands are dropped; MSE is read as MET and PCA
@@ -37,8 +37,8 @@ from torch import Tensor
 
 from data_modules.base import TensorSet, ZooDataModule, seeded_split
 from data_modules.numbering import cdr_spans, imgt_anchors
-from zoo.errors import ConfigError, MalformedDataError, MissingDataError
-from zoo.nn.energy import AMINO_ACIDS, ATOM14, ONE_TO_THREE, THREE_TO_ONE, UNKNOWN
+from data_modules.residues import AMINO_ACIDS, ATOM14, ONE_TO_THREE, THREE_TO_ONE, UNKNOWN
+from zoo.core.errors import ConfigError, MalformedDataError, MissingDataError
 
 MODIFIED = {"MSE": ("MET", {"SE": "SD"}), "PCA": ("GLN", {"OE": "OE1"})}
 ROLES = ("heavy", "light", "antigen")

@@ -22,7 +22,7 @@ from data_modules.cifar import CIFARDataModule
 from data_modules.digits import DigitsDataModule
 from data_modules.image import ImageDataModule
 from data_modules.mnist import MNISTDataModule
-from zoo.errors import ConfigError
+from zoo.core.errors import ConfigError
 
 SOURCES = ("digits", "mnist", "cifar10", "cifar100")
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from data_modules.image import ImageDataModule, as_images
-from zoo.errors import MalformedDataError
+from zoo.core.errors import MalformedDataError
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

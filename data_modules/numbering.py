@@ -16,8 +16,8 @@ Why a rule and not a numbering package: ANARCI needs an external ``hmmscan`` bin
 profiles (so a mutated anchor, e.g. Cys104 -> Tyr, is still placed by its neighbours), then reads
 the CDRs off the fixed framework lengths. On the OAS heavy chains in ``../shared/data/antibody``
 it numbers 1,871 of 1,999 and reproduces the ``cdr3_aa`` column (IMGT CDR3, which excludes Cys104
-and Trp118) for 1,869 of them (``benchmarks/alignab_lm.py``); it gives the IMGT CDRs of
-trastuzumab, adalimumab and a lambda germline (``tests/test_antibody_data.py``). Insertions or
+and Trp118) for 1,869 of them (``benchmarks/alignab/lm.py``); it gives the IMGT CDRs of
+trastuzumab, adalimumab and a lambda germline (``tests/alignab/test_antibody_data.py``). Insertions or
 deletions inside FR2 or FR3 (rare; e.g. somatic insertions) shift CDR2, and past the 50-65
 residue window between Trp41 and Cys104 the sequence is refused; CDR1 and CDR3 are read off
 their own anchors.
@@ -25,7 +25,7 @@ their own anchors.
 
 from __future__ import annotations
 
-from zoo.errors import ConfigError, MalformedDataError
+from zoo.core.errors import ConfigError, MalformedDataError
 
 SCHEMES = ("imgt",)
 CHAINS = ("H", "L")

@@ -8,7 +8,7 @@ label ``k`` uniform on ``0..K-1``, ``h = mu_k + N(0, I)`` with means ``mu_k ~ N(
 from the seed too (``self.means``).
 
 For ``h ~ N(0, I)`` the noise the VP forward process ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps``
-(``zoo.nn.diffusion``) hides is known in closed form: ``x_t ~ N(0, Sigma_t)`` with
+(``zoo.dit.diffusion``) hides is known in closed form: ``x_t ~ N(0, Sigma_t)`` with
 ``Sigma_t = abar B B^T + (1 - abar) I``, whose inverse is ``B B^T + (I - B B^T) / (1 - abar)``, so
 
     eps*(x_t) = E[eps | x_t] = -sqrt(1 - abar) grad log p_t(x_t) = sqrt(1 - abar) Sigma_t^{-1} x_t
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from data_modules.synthetic import SyntheticDataModule
-from zoo.errors import ConfigError, ShapeError
+from zoo.core.errors import ConfigError, ShapeError
 
 BASIS_STREAM = 1 << 40  # the basis (and mixture means) generator is seeded with BASIS_STREAM + seed
 MEAN_STD = 2.0  # std of the mixture means

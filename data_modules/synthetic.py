@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from data_modules.base import TensorSet, ZooDataModule
-from zoo.errors import ConfigError
+from zoo.core.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from data_modules.base import ZooDataModule
-from zoo.errors import ConfigError, MalformedDataError
+from zoo.core.errors import ConfigError, MalformedDataError
 
 FEATURE_MODES = ("M", "S", "MS")
 

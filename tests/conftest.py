@@ -12,7 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-DIGITS = "configs/baseline/digits.yaml"
+DIGITS = "configs/ndlinear/digits_cnn.yaml"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -38,7 +38,7 @@ def one_thread():
 
 def run_cli(*args: str) -> "ZooCLI":  # noqa: F821
     """Run ``python -m zoo <args>`` in this process and return the finished ``ZooCLI``."""
-    from zoo.cli import ZooCLI
+    from zoo.core.lightning_cli import ZooCLI
 
     return ZooCLI(args=list(args))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.errors import ConfigError
+from zoo.core.errors import ConfigError
 
 
 def _sorted_cumulative(z: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -1,0 +1,17 @@
+"""NdLinear (Reneau, Hu et al., 2025, "NdLinear Is All You Need for Representation Learning").
+
+Paper -> code:
+- Sec. 3, the layer (one linear map per mode of a tensor, applied in sequence): ``layer.NdLinear``,
+  with ``layer.plan``, the order and grouping of the mode products chosen by a cost model.
+- Sec. 4, image classification (a CNN whose head is dense or NdLinear): ``classifier.ImageClassifier``.
+- Sec. 4, time series (a one-layer transformer encoder with NdLinear feed-forward on ETT):
+  ``forecaster.Forecaster``.
+
+Configs: ``configs/ndlinear/``; results: ``docs/ndlinear.md``.
+"""
+
+from zoo.ndlinear.classifier import ImageClassifier
+from zoo.ndlinear.forecaster import Forecaster
+from zoo.ndlinear.layer import NdLinear
+
+__all__ = ["Forecaster", "ImageClassifier", "NdLinear"]
