@@ -29,3 +29,43 @@ class RaiseAt(Callback):
         if trainer.global_step == self.step:
             raise RuntimeError(f"simulated crash after step {self.step}")
 
+
+
+class TermAt(Callback):
+    """A scheduler's preemption: SIGTERM to this process right after training step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class KillDuringSave(Callback):
+    """SIGKILL in the middle of writing checkpoint number ``save`` (counted from 1): half its bytes
+    are on disk when the process dies, as when a node is lost during a save."""
+
+    def __init__(self, save: int) -> None:
+        self.save = save
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        import io
+
+        import torch
+
+        original, calls = torch.save, [0]
+
+        def save(obj, f, *args, **kwargs):
+            if isinstance(obj, dict) and "state_dict" in obj and hasattr(f, "write"):
+                calls[0] += 1
+                if calls[0] == self.save:
+                    buffer = io.BytesIO()
+                    original(obj, buffer, *args, **kwargs)
+                    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return original(obj, f, *args, **kwargs)
+
+        torch.save = save

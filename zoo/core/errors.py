@@ -38,3 +38,7 @@ class UnknownPretrainedError(ZooError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteError(ZooError, FloatingPointError):
+    """Training produced a NaN or infinite loss (or would save such a model)."""

@@ -21,27 +21,32 @@ DataModule in ``data_modules`` is imported here, so configs may name them briefl
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import sys
 import warnings
+from pathlib import Path
 
 # jsonargparse >= 4.49 deprecates calls that Lightning 2.6 makes (add_instantiator, skip_none, ...):
 # nothing a user can act on, so its deprecation notices stay off unless asked for.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import data_modules
 from data_modules.base import ZooDataModule
 from zoo.core.callbacks import Curves, ProgressBar, RNGState
-from zoo.core.errors import ConfigError
+from zoo.core.checkpoint import AtomicCheckpointIO, FiniteLoss, ZooCheckpoint
+from zoo.core.errors import CheckpointError, ConfigError
 from zoo.core.registry import checkpoint_class, model_classes, model_hparams, verify_checkpoint
 
 # Lightning 2.6 calls a pytree API that torch >= 2.10 deprecated; nothing a user can act on.
@@ -55,7 +60,7 @@ RUN_DIR = "${trainer.default_root_dir}"
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": RUN_DIR, "name": None}},
-    "callbacks": [RNGState(), Curves()],
+    "callbacks": [RNGState(), Curves(), FiniteLoss()],
 }
 
 
@@ -97,7 +102,9 @@ def summarize_parser_error(message: str) -> str:
         reasons = [x for x in [first, *(line.strip() for line in lines[1:])] if x and not x.startswith("Given value")]
     text = "; ".join(re.sub(r"Problem with given class_path '([^']+)':", r"\1:", r) for r in reasons)
     if key in ("model", "data") and given and ("import path" in text or "not accessible" in text):
-        return f"{key}: unknown class {given[-1].strip()!r}; available: {', '.join(known_classes(key))}"
+        name = given[-1].strip()
+        nested = re.fullmatch(r"NestedArg\(key='class_path', val='(.*)'\)", name)  # --model.class_path Foo
+        return f"{key}: unknown class {nested.group(1) if nested else name!r}; available: {', '.join(known_classes(key))}"
     if given and not given[-1].startswith(("Namespace(", "NestedArg(")) and "Got value" not in text:
         text += f" (given: {given[-1].strip()})"
     return f"{key}: {text}" if key else text
@@ -122,6 +129,41 @@ class ZooSaveConfig(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 config = self.parser.dump(self.config, skip_none=False, format="json")
                 logger.experiment.config.update({"zoo_config": config}, allow_val_change=True)
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """The files given with ``--config``/``-c`` (both ``--config X`` and ``--config=X``)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def _check_config_file(path: str) -> None:
+    """An empty config, or one that is not a YAML mapping, named in one line (jsonargparse says
+    only "Unexpected config")."""
+    if not Path(path).is_file():
+        return  # jsonargparse names a missing file itself
+    try:
+        content = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if content is None:
+        raise ConfigError(f"config file {path} is empty; expected a YAML mapping with model:, data: and trainer: sections")
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} holds a {type(content).__name__}, expected a YAML mapping "
+                          "(model:, data:, trainer: ...)")
+
+
+def _loads(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 class ZooCLI(LightningCLI):
@@ -149,11 +191,38 @@ class ZooCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         argv = list(sys.argv[1:] if args is None else args)
+        for path in _config_files(argv):
+            _check_config_file(path)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path == "last":
+            ckpt_path = self._last_checkpoint(subcommand)
         if ckpt_path not in (None, "last", "best", "hpc"):
             self._model_from_checkpoint(subcommand, ckpt_path, argv)
+
+    def _last_checkpoint(self, subcommand: str) -> str | None:
+        """``--ckpt_path last``: the run folder's ``last.ckpt``, verified like any explicit path.
+        ``fit`` without one starts afresh; ``validate``/``test``/``predict`` without one fail (they
+        would evaluate random weights)."""
+        config = self.config[subcommand]
+        folder = Path(config.checkpoint.dirpath or Path(config.trainer.default_root_dir) / "checkpoints")
+        path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        if not path.is_file():
+            if subcommand == "fit":
+                config.ckpt_path = None
+                return None
+            raise CheckpointError(f"--ckpt_path last: there is no {path} (no fit has saved in this run folder "
+                                  f"yet); fit first, or give --ckpt_path FILE")
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            others = sorted((p for p in folder.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime)
+            good = next((str(p) for p in reversed(others) if _loads(p)), None)
+            hint = f"; the newest good one is {good} (--ckpt_path {good})" if good else ""
+            raise CheckpointError(f"--ckpt_path last: {err}{hint}") from err
+        config.ckpt_path = str(path)
+        return str(path)
 
     def _model_from_checkpoint(self, subcommand: str, ckpt_path: str, argv: list[str]) -> None:
         """Verify ``ckpt_path`` and rebuild the model config from its hyperparameters (module
@@ -204,6 +273,14 @@ class ZooCLI(LightningCLI):
             )
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+        for name in ("lr", "learning_rate"):
+            value = (config.model.get("init_args") or {}).get(name) if config.get("model") else None
+            if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"model.{name} must be a finite number > 0, got {value}")
+        try:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"trainer.default_root_dir {root!r} cannot be created: {err.strerror or err}") from err
 
     def before_fit(self) -> None:
         if isinstance(self.datamodule, ZooDataModule):  # it saves its position in the epoch itself
@@ -225,10 +302,13 @@ class ZooCLI(LightningCLI):
         callbacks = trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if trainer.get("enable_checkpointing") is not False:
-            callbacks.append(ModelCheckpoint(**config.checkpoint.as_dict()))
+            callbacks.append(ZooCheckpoint(**config.checkpoint.as_dict()))
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBarBase) for c in callbacks):
             callbacks.append(ProgressBar())
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        built = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        if type(built.strategy.checkpoint_io) is TorchCheckpointIO:  # plain torch.save: make it atomic
+            built.strategy.checkpoint_io = AtomicCheckpointIO()
+        return built
 
 
 def run(args: list[str] | None) -> ZooCLI:
@@ -237,3 +317,6 @@ def run(args: list[str] | None) -> ZooCLI:
         return ZooCLI(args=args)
     except MisconfigurationException as err:
         raise ConfigError(str(err)) from err
+    except SIGTERMException:  # the state at the stop was saved as last.ckpt (ZooCheckpoint)
+        sys.stderr.write("error: stopped by SIGTERM; resume with --ckpt_path last\n")
+        sys.exit(143)

@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import re
 import shlex
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zoo.core.errors import CheckpointError
+from zoo.core.errors import CheckpointError, ConfigError, NonFiniteError
 from zoo.core.registry import checkpoint_dir, read_manifest, sha256
+
+#: A registry name: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit.
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 #: Keys a stripped checkpoint keeps: enough for ``load_from_checkpoint`` and ``--ckpt_path``.
 KEEP_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "pytorch-lightning_version")
@@ -31,9 +36,13 @@ def strip_checkpoint(source: str | Path, target: str | Path) -> dict[str, Any]:
 
 
 def register(name: str, cli_args: list[str], folder: Path | None = None) -> dict[str, Any]:
-    """Fit ``cli_args`` (``--config ...`` and overrides), test the best checkpoint, ship it as ``name``."""
+    """Fit ``cli_args`` (``--config ...`` and overrides), test the best checkpoint, ship it as ``name``.
+    A model or a test metric that is NaN or infinite is refused (nothing is written)."""
     from zoo.core.lightning_cli import ZooCLI
 
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"registry name {name!r} must be lower-case letters, digits, '.', '_' or '-' "
+                          "(e.g. digits-cnn), starting with a letter or digit")
     folder = folder or checkpoint_dir()
     cli = ZooCLI(args=["fit", *cli_args])
     callback = cli.trainer.checkpoint_callback
@@ -42,10 +51,19 @@ def register(name: str, cli_args: list[str], folder: Path | None = None) -> dict
         raise CheckpointError(f"register {name!r}: the fit wrote no checkpoint (is checkpointing disabled?)")
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
     metrics = {k: round(float(v), 6) for k, v in (results[0] if results else {}).items()}
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"register {name!r}: test metrics {', '.join(f'{k}={metrics[k]}' for k in bad)} are "
+                             f"not finite; nothing was registered")
 
     folder.mkdir(parents=True, exist_ok=True)
     staged = folder / f"{name}.tmp"
     stripped = strip_checkpoint(best, staged)
+    broken = [k for k, v in stripped["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        staged.unlink()
+        raise NonFiniteError(f"register {name!r}: {best} holds NaN/inf weights ({', '.join(broken[:3])}"
+                             f"{', ...' if len(broken) > 3 else ''}); nothing was registered")
     digest = sha256(staged)
     target = folder / f"{name}-{digest[:8]}.ckpt"
     manifest = read_manifest(folder)
