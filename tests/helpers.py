@@ -31,15 +31,16 @@ class RaiseAt(Callback):
 
 
 
-class TermAt(Callback):
-    """A scheduler's preemption: SIGTERM to this process right after training step ``step``."""
+class SignalAt(Callback):
+    """A scheduler's preemption (``SIGTERM``) or a Ctrl-C (``SIGINT``) sent to this process right
+    after training step ``step``."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, name: str = "SIGTERM") -> None:
+        self.step, self.signal = step, getattr(signal, name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signal)
 
 
 class KillDuringSave(Callback):

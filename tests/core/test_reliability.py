@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from tests.conftest import DIGITS, ROOT, quick, run_cli, run_zoo
-from tests.core.test_resume import STEPS, _assert_same_training_state, _fragment
+from tests.core.test_resume import STEPS, _assert_same_training_state
 from zoo.core.checkpoint import AtomicCheckpointIO
 from zoo.core.cli import main
 from zoo.core.errors import CheckpointError
 from zoo.core.registry import verify_checkpoint
 
 
-def _callback(tmp_path, name: str, **init_args) -> str:
-    path = tmp_path / f"{name}.yaml"
+def _callback(tmp_path, callback: str, **init_args) -> str:
+    path = tmp_path / f"{callback}.yaml"
     args = "".join(f"        {k}: {v}\n" for k, v in init_args.items())
-    path.write_text(f"trainer:\n  callbacks:\n    - class_path: tests.helpers.{name}\n      init_args:\n{args}")
+    path.write_text(f"trainer:\n  callbacks:\n    - class_path: tests.helpers.{callback}\n      init_args:\n{args}")
     return str(path)
 
 
@@ -170,13 +170,15 @@ def test_a_checkpoint_of_another_class_is_refused(tmp_path, capsys):
 
 
 # -- 5. SIGTERM --------------------------------------------------------------------------------------
-def test_sigterm_saves_a_resumable_checkpoint_and_exits_non_zero(tmp_path):
+@pytest.mark.parametrize("name, status, message", [("SIGTERM", 143, "stopped by SIGTERM"),
+                                                    ("SIGINT", 1, "KeyboardInterrupt: saved the state at step 13")])
+def test_a_stop_signal_saves_a_resumable_checkpoint_and_exits_non_zero(name, status, message, tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     run_cli("fit", *quick(reference, *STEPS))
-    term = _fragment(tmp_path, "TermAt", 13)
-    result = run_zoo("fit", *quick(stopped, *STEPS, "--config", term))
-    assert result.returncode == 143, result.stderr[-2000:]
-    assert "stopped by SIGTERM" in result.stderr
+    signal_at = _callback(tmp_path, "SignalAt", step=13, name=name)
+    result = run_zoo("fit", *quick(stopped, *STEPS, "--config", signal_at))
+    assert result.returncode == status, result.stderr[-2000:]
+    assert message in result.stderr + result.stdout
     assert _step(stopped / "checkpoints" / "last.ckpt") == 13
     run_cli("fit", *quick(stopped, *STEPS), "--ckpt_path=last")
     _assert_same_training_state(reference / "checkpoints" / "last.ckpt", stopped / "checkpoints" / "last.ckpt")

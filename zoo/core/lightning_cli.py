@@ -158,12 +158,16 @@ def _check_config_file(path: str) -> None:
                           "(model:, data:, trainer: ...)")
 
 
-def _loads(path: Path) -> bool:
-    try:
-        verify_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
+def _good_checkpoint_hint(damaged: Path) -> str:
+    """"; the newest good one is X" for the newest other checkpoint of the folder that verifies."""
+    for path in sorted(damaged.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path != damaged:
+            try:
+                verify_checkpoint(path)
+            except CheckpointError:
+                continue
+            return f"; the newest good one is {path} (--ckpt_path {path})"
+    return ""
 
 
 class ZooCLI(LightningCLI):
@@ -196,39 +200,38 @@ class ZooCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path == "last":
+        last = ckpt_path == "last"
+        if last:
             ckpt_path = self._last_checkpoint(subcommand)
-        if ckpt_path not in (None, "last", "best", "hpc"):
-            self._model_from_checkpoint(subcommand, ckpt_path, argv)
+        if ckpt_path in (None, "best", "hpc"):
+            return
+        try:
+            checkpoint = verify_checkpoint(ckpt_path)
+        except CheckpointError as err:
+            raise CheckpointError(f"--ckpt_path last: {err}{_good_checkpoint_hint(Path(ckpt_path))}" if last
+                                  else str(err)) from err
+        self._model_from_checkpoint(subcommand, ckpt_path, checkpoint, argv)
 
     def _last_checkpoint(self, subcommand: str) -> str | None:
-        """``--ckpt_path last``: the run folder's ``last.ckpt``, verified like any explicit path.
-        ``fit`` without one starts afresh; ``validate``/``test``/``predict`` without one fail (they
-        would evaluate random weights)."""
+        """``--ckpt_path last``: the run folder's ``last.ckpt``, then verified like any explicit
+        path. ``fit`` without one starts afresh; ``validate``/``test``/``predict`` without one fail
+        (they would evaluate random weights)."""
         config = self.config[subcommand]
         folder = Path(config.checkpoint.dirpath or Path(config.trainer.default_root_dir) / "checkpoints")
         path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         if not path.is_file():
-            if subcommand == "fit":
-                config.ckpt_path = None
-                return None
-            raise CheckpointError(f"--ckpt_path last: there is no {path} (no fit has saved in this run folder "
-                                  f"yet); fit first, or give --ckpt_path FILE")
-        try:
-            verify_checkpoint(path)
-        except CheckpointError as err:
-            others = sorted((p for p in folder.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime)
-            good = next((str(p) for p in reversed(others) if _loads(p)), None)
-            hint = f"; the newest good one is {good} (--ckpt_path {good})" if good else ""
-            raise CheckpointError(f"--ckpt_path last: {err}{hint}") from err
+            if subcommand != "fit":
+                raise CheckpointError(f"--ckpt_path last: there is no {path} (no fit has saved in this run "
+                                      "folder yet); fit first, or give --ckpt_path FILE")
+            config.ckpt_path = None
+            return None
         config.ckpt_path = str(path)
         return str(path)
 
-    def _model_from_checkpoint(self, subcommand: str, ckpt_path: str, argv: list[str]) -> None:
-        """Verify ``ckpt_path`` and rebuild the model config from its hyperparameters (module
-        docstring): the class it records, resolved by name; ``--model.<name>`` flags on the command
-        line win; values from config files yield to the checkpoint, which must match its weights."""
-        checkpoint = verify_checkpoint(ckpt_path)
+    def _model_from_checkpoint(self, subcommand: str, ckpt_path: str, checkpoint: dict, argv: list[str]) -> None:
+        """Rebuild the model config from a verified checkpoint's hyperparameters (module docstring):
+        the class it records, resolved by name; ``--model.<name>`` flags on the command line win;
+        values from config files yield to the checkpoint, which must match its weights."""
         recorded = checkpoint_class(checkpoint)
         if recorded is None:
             return
