@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, get_worker_info
 from data_modules.base import ZooDataModule, seeded_split
 from data_modules.numbering import cdr_mask
 from data_modules.residues import AMINO_ACIDS, IGNORE_INDEX, SPECIAL_TOKENS, AminoAcidTokenizer
-from zoo.core.errors import ConfigError, MalformedDataError
+from zoo.core.errors import ConfigError, MalformedDataError, MissingDataError
 
 __all__ = [
     "AMINO_ACIDS", "IGNORE_INDEX", "SPECIAL_TOKENS", "AminoAcidTokenizer", "AntibodySequenceDataModule",
@@ -43,6 +43,8 @@ def read_sequences(path: str | Path, format: str = "auto", sequence_column: str 
         raise ConfigError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "auto":
         format = "fasta" if path.suffix.lower() in (".fa", ".fasta", ".faa") else "csv"
+    if not path.is_file():
+        raise MissingDataError(f"{path}: no such file (expected {format.upper()} antibody sequences)")
     if path.stat().st_size == 0:
         raise MalformedDataError(f"{path}: empty file, expected {format.upper()} antibody sequences")
     if format == "fasta":
@@ -50,25 +52,47 @@ def read_sequences(path: str | Path, format: str = "auto", sequence_column: str 
 
         try:
             records = [(record.id, str(record.seq)) for record in SeqIO.parse(str(path), "fasta")]
-        except ValueError as err:
-            reason = str(err).strip().splitlines()[0]
+        except UnicodeDecodeError as err:
+            raise MalformedDataError(f"{path}: not a FASTA text file ({err.reason} at byte {err.start} of a block)") from err
+        except ValueError as err:  # Bio.SeqIO's complaints about the format
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise MalformedDataError(f"{path}: not a FASTA file ({reason})") from err
         if not records:
             raise MalformedDataError(f"{path}: no FASTA records (lines starting with '>')")
     else:
-        with open(path, newline="") as f:
+        records = _read_csv(path, sequence_column, id_column)
+    for name, sequence in records:
+        if not sequence:
+            raise MalformedDataError(f"{path}: record {name!r} has an empty sequence")
+    return records
+
+
+def _read_csv(path: Path, sequence_column: str, id_column: str | None) -> list[tuple[str, str]]:
+    """``(id, sequence)`` pairs of a UTF-8 CSV with a header row (:func:`read_sequences`)."""
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             for column in (sequence_column, id_column):
                 if column is not None and column not in columns:
                     raise MalformedDataError(f"{path}: no column {column!r}; columns are {columns}")
-            records = [(row[id_column] if id_column else str(line), row[sequence_column].strip())
-                       for line, row in enumerate(reader, start=2)]
-        if not records:
-            raise MalformedDataError(f"{path}: no data rows under the header")
-    for name, sequence in records:
-        if not sequence:
-            raise MalformedDataError(f"{path}: record {name!r} has an empty sequence")
+            records = []
+            for row_number, row in enumerate(reader, start=2):
+                sequence = row[sequence_column]
+                name = row[id_column] if id_column else str(row_number)
+                if sequence is None or name is None:  # DictReader fills the fields a short row lacks with None
+                    raise MalformedDataError(
+                        f"{path}:{reader.line_num}: {sum(v is not None for v in row.values())} fields, "
+                        f"the header has {len(columns)}")
+                records.append((name, sequence.strip()))
+    except UnicodeDecodeError as err:
+        raise MalformedDataError(f"{path}: not a UTF-8 text CSV ({err.reason} at byte {err.start} of a block)") from err
+    except csv.Error as err:
+        where = f":{reader.line_num}" if reader is not None else ""
+        raise MalformedDataError(f"{path}{where}: not a valid CSV line ({err})") from err
+    if not records:
+        raise MalformedDataError(f"{path}: no data rows under the header")
     return records
 
 

@@ -28,6 +28,7 @@ centroid.
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -114,22 +115,25 @@ def read_cases(path: str | Path) -> list[Case]:
     if not path.is_file():
         raise MissingDataError(f"no cases file {str(path)!r}")
     cases = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        next(reader, None)
-        for line, row in enumerate(reader, start=2):
-            if not row or not row[0].strip():
-                continue
-            field = row[0].strip()
-            try:
-                name, chains = field.split("_")
-                antibody, antigen = chains.split(":")
-            except ValueError as err:
-                raise MalformedDataError(
-                    f"{path}:{line}: {field!r} is not <ID>_<antibody chains>:<antigen chains>") from err
-            if not (name and antibody and antigen):
-                raise MalformedDataError(f"{path}:{line}: {field!r} lacks an id, antibody chains or antigen chains")
-            cases.append(Case(name, tuple(antibody), tuple(antigen)))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter="\t")
+            next(reader, None)
+            for line, row in enumerate(reader, start=2):
+                if not row or not row[0].strip():
+                    continue
+                field = row[0].strip()
+                try:
+                    name, chains = field.split("_")
+                    antibody, antigen = chains.split(":")
+                except ValueError as err:
+                    raise MalformedDataError(
+                        f"{path}:{line}: {field!r} is not <ID>_<antibody chains>:<antigen chains>") from err
+                if not (name and antibody and antigen):
+                    raise MalformedDataError(f"{path}:{line}: {field!r} lacks an id, antibody chains or antigen chains")
+                cases.append(Case(name, tuple(antibody), tuple(antigen)))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise MalformedDataError(f"{path}: not a tab-separated text file ({err})") from err
     return cases
 
 
@@ -138,15 +142,23 @@ def read_affinities(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"no affinities file {str(path)!r}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    column = next((k for k in (rows[0] if rows else {}) if k.startswith("ΔG")), None)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise MalformedDataError(f"{path}: not a tab-separated text file ({err})") from err
+    column = next((k for k in (rows[0] if rows else {}) if k and k.startswith("ΔG")), None)
     if column is None:
         raise MalformedDataError(f"{path}: no 'ΔG (kcal/mol)' column")
-    try:
-        return {row["Case"].strip(): float(row[column]) for row in rows}
-    except (KeyError, ValueError) as err:
-        raise MalformedDataError(f"{path}: bad row ({err})") from err
+    affinities = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            affinities[row["Case"].strip()] = value = float(row[column])
+        except (KeyError, ValueError, TypeError, AttributeError) as err:
+            raise MalformedDataError(f"{path}:{line}: bad row, expected a 'Case' and a number under {column!r}") from err
+        if not math.isfinite(value):
+            raise MalformedDataError(f"{path}:{line}: non-finite {column} {row[column]!r}")
+    return affinities
 
 
 Residue = tuple[str, int, str, dict[str, list[float]]]  # one-letter aa, number, insertion code, atoms
@@ -183,7 +195,13 @@ def _read_chains(path: Path, chain_ids: tuple[str, ...]) -> dict[str, list[Resid
             for atom in residue:
                 atom_name = renames.get(atom.get_id(), atom.get_id())
                 if atom_name in ATOM14[one]:
-                    atoms[atom_name] = atom.get_coord().tolist()
+                    xyz = atom.get_coord().tolist()
+                    if not all(map(math.isfinite, xyz)):
+                        raise MalformedDataError(
+                            f"{path}: chain {chain_id!r} residue {residue.id[1]}{residue.id[2].strip()} atom "
+                            f"{atom.get_id()}: non-finite coordinates ({', '.join(f'{v:g}' for v in xyz)}), "
+                            "expected three finite numbers")
+                    atoms[atom_name] = xyz
             if all(a in atoms for a in ("N", "CA", "C")):
                 residues.append((one, residue.id[1], residue.id[2], atoms))
         if not residues:
@@ -396,9 +414,12 @@ class ComplexDataModule(ZooDataModule):
         key = f"{case.name}_{''.join(case.antibody)}_{''.join(case.antigen)}_{self.epitope_cutoff:g}.pt"
         cache = self.cache_dir / key if self.cache_dir else None
         if cache is not None and cache.is_file():
-            data = torch.load(cache, weights_only=True)
-            if data.get("stamp") == stamp:
-                return Complex.from_dict(data["complex"])
+            try:
+                data = torch.load(cache, weights_only=True)
+                if data.get("stamp") == stamp:
+                    return Complex.from_dict(data["complex"])
+            except Exception:  # a damaged or foreign cache file is stale: parse the PDB files again
+                pass
         complex_ = load_complex(folder, case, self.epitope_cutoff)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as err:
-        raise MalformedDataError(f"{path}: cannot read ({err})") from err
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MalformedDataError(f"{path}: cannot read ({err.strerror or err})") from err
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error, MemoryError) as err:  # BadGzipFile is an OSError; bad deflate: zlib.error
+            raise MalformedDataError(f"{path}: cannot read, not a valid gzip file ({err})") from err
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES:
         raise MalformedDataError(f"{path}: not an IDX file (header {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -54,19 +60,34 @@ class MNISTDataModule(ImageDataModule):
 
     num_classes = 10
 
-    def _read(self, stem: str) -> np.ndarray:
+    def _read(self, stem: str) -> tuple[Path, np.ndarray]:
         names = [f"{folder}{stem}{ext}" for folder in ("", "MNIST/raw/") for ext in ("", ".gz")]
-        return read_idx(self.find_file(*names))
+        path = self.find_file(*names)
+        return path, read_idx(path)
 
-    def _pair(self, prefix: str) -> tuple[Tensor, Tensor]:
-        images, labels = self._read(f"{prefix}-images-idx3-ubyte"), self._read(f"{prefix}-labels-idx1-ubyte")
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    def _pair(self, prefix: str) -> tuple[Path, np.ndarray, np.ndarray]:
+        (image_path, images), (label_path, labels) = (self._read(f"{prefix}-images-idx3-ubyte"),
+                                                      self._read(f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
             raise MalformedDataError(
-                f"MNIST {prefix} files: expected images [N, H, W] and labels [N], got {images.shape} and {labels.shape}"
+                f"{image_path} and {label_path}: expected images [N, H, W] and labels [N], N >= 1, "
+                f"got {images.shape} and {labels.shape}"
             )
-        if labels.max(initial=0) >= self.num_classes:
-            raise MalformedDataError(f"MNIST {prefix} labels: expected 0..9, found {int(labels.max())}")
-        return as_images(images), torch.as_tensor(labels.astype(np.int64))
+        if images.dtype != np.uint8:
+            raise MalformedDataError(f"{image_path}: expected uint8 pixels (IDX type 0x08), got {images.dtype}")
+        if labels.dtype.kind not in "iu":
+            raise MalformedDataError(f"{label_path}: expected integer labels, got {labels.dtype}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            raise MalformedDataError(f"{label_path}: expected labels 0..{self.num_classes - 1}, found {low}..{high}")
+        return image_path, images, labels
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return *self._pair("train"), *self._pair("t10k")
+        (train_path, train_x, train_y), (test_path, test_x, test_y) = self._pair("train"), self._pair("t10k")
+        if train_x.shape[1:] != test_x.shape[1:]:
+            raise MalformedDataError(
+                f"{test_path}: images of {test_x.shape[1]}x{test_x.shape[2]} pixels, but {train_path} holds "
+                f"{train_x.shape[1]}x{train_x.shape[2]}"
+            )
+        as_labels = lambda y: torch.as_tensor(y.astype(np.int64))  # noqa: E731
+        return as_images(train_x), as_labels(train_y), as_images(test_x), as_labels(test_y)

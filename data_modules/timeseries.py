@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import torch
 from torch import Tensor
@@ -15,26 +16,55 @@ FEATURE_MODES = ("M", "S", "MS")
 
 
 def read_csv_columns(path, date_column: str | None) -> tuple[list[str], Tensor]:
-    """Numeric columns of a CSV with a header row as a float64 ``[rows, columns]`` tensor."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if not header:
-            raise MalformedDataError(f"{path}: empty file, expected a header row")
-        keep = [i for i, name in enumerate(header) if name != date_column]
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise MalformedDataError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-            try:
-                rows.append([float(row[i]) for i in keep])
-            except ValueError as err:
-                raise MalformedDataError(f"{path}:{line}: non-numeric value ({err})") from err
+    """Numeric columns of a CSV with a header row as a float64 ``[rows, columns]`` tensor.
+
+    Every cell must be a finite number: an empty, non-numeric, NaN or infinite cell raises
+    ``MalformedDataError`` naming the file, the line and the column (such data would train to NaN).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise MalformedDataError(f"{path}: empty file, expected a header row")
+            keep = [i for i, name in enumerate(header) if name != date_column]
+            rows = []
+            for row in reader:
+                if not row:
+                    continue
+                line = reader.line_num
+                if len(row) != len(header):
+                    raise MalformedDataError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
+                try:
+                    values = [float(row[i]) for i in keep]
+                except ValueError:
+                    values = None
+                if values is None or not all(map(math.isfinite, values)):
+                    _bad_cell(path, line, header, row, keep)
+                rows.append(values)
+    except UnicodeDecodeError as err:
+        raise MalformedDataError(f"{path}: not a UTF-8 text CSV ({err.reason} at byte {err.start} of a block)") from err
+    except csv.Error as err:
+        raise MalformedDataError(f"{path}:{reader.line_num}: not a valid CSV line ({err})") from err
     if not rows:
         raise MalformedDataError(f"{path}: no data rows")
     return [header[i] for i in keep], torch.tensor(rows, dtype=torch.float64)
+
+
+def _bad_cell(path, line: int, header: list[str], row: list[str], keep: list[int]) -> None:
+    """Raise for the first cell of ``row`` that is not a finite number, naming its line and column."""
+    for i in keep:
+        cell = row[i]
+        try:
+            value = float(cell)
+        except ValueError:
+            what = "an empty cell" if not cell.strip() else f"non-numeric value {cell[:40]!r}"
+            raise MalformedDataError(f"{path}:{line}: {what} in column {header[i]!r}, expected a number") from None
+        if not math.isfinite(value):
+            raise MalformedDataError(
+                f"{path}:{line}: non-finite value {cell.strip()[:40]!r} in column {header[i]!r}, expected a finite "
+                "number (NaN or inf would train to NaN)"
+            )
 
 
 class WindowSet(Dataset):
@@ -129,22 +159,30 @@ class TimeSeriesDataModule(ZooDataModule):
         self.column_names, self.input_names, self.target_names = names, inputs, outputs
 
         train_end, val_end, test_end = self._borders(len(data), path)
+        spans = {"train": (0, train_end), "val": (train_end - self.lookback, val_end),
+                 "test": (val_end - self.lookback, test_end)}
+        for split, (start, end) in spans.items():  # before scaling: one training row has no std
+            if end - start < self.lookback + self.horizon:
+                raise ConfigError(
+                    f"{path}: the {split} split has {end - start} rows, fewer than lookback + horizon = "
+                    f"{self.lookback + self.horizon}: lower them or change borders/fractions"
+                )
         if self.scale:
             mean, std = data[:train_end].mean(0), data[:train_end].std(0).clamp_min(1e-8)
             data = (data - mean) / std
             self.mean, self.std = mean.float(), std.float()
         data = data.float()
+        finite = torch.isfinite(data).all(0)
+        if not finite.all():
+            column = names[int((~finite).nonzero()[0])]
+            raise MalformedDataError(
+                f"{path}: column {column!r} has values beyond the float32 range"
+                f"{' after scaling by the training rows' if self.scale else ''}; rescale the file"
+            )
         x = data[:, [names.index(c) for c in inputs]]
         y = data[:, [names.index(c) for c in outputs]]
-        spans = {"train": (0, train_end), "val": (train_end - self.lookback, val_end),
-                 "test": (val_end - self.lookback, test_end)}
         for split, (start, end) in spans.items():
             window_set = WindowSet(x[start:end].contiguous(), y[start:end].contiguous(), self.lookback, self.horizon)
-            if len(window_set) == 0:
-                raise ConfigError(
-                    f"{split} split has {end - start} rows, fewer than lookback + horizon = "
-                    f"{self.lookback + self.horizon}: lower them or change borders/fractions"
-                )
             setattr(self, f"{split}_set", window_set)
 
     def _borders(self, rows: int, path) -> tuple[int, int, int]:

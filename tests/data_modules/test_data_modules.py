@@ -303,6 +303,144 @@ def test_real_etth1_standard_borders():
     assert abs(float(dm.mean[-1]) - 17.13) < 0.1  # OT mean over the first 12 months
 
 
+# -- non-finite and damaged files: one line naming the file, before any training -----------------
+def _ett_with_cell(path: Path, line: int, column: str, cell: str, columns: int = 4) -> None:
+    write_ett(path, rows=60, columns=columns)
+    lines = path.read_text().splitlines()
+    names = lines[0].split(",")
+    row = lines[line - 1].split(",")
+    row[names.index(column)] = cell
+    lines[line - 1] = ",".join(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("cell, words", [
+    ("nan", "non-finite value 'nan'"), ("NaN", "non-finite value 'NaN'"), ("inf", "non-finite value 'inf'"),
+    ("-Infinity", "non-finite value '-Infinity'"), ("1e999", "non-finite value '1e999'"),
+    ("", "an empty cell"), (" ", "an empty cell"), ("1.2.3", "non-numeric value '1.2.3'"),
+])
+def test_timeseries_non_finite_or_empty_cell_names_file_line_and_column(tmp_path, cell, words):
+    _ett_with_cell(tmp_path / "toy.csv", 17, "HULL", cell)
+    with pytest.raises(MalformedDataError) as info:
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="toy.csv", lookback=4, horizon=2).setup()
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'toy.csv'}:17: ") and words in message and "column 'HULL'" in message
+    assert "\n" not in message
+
+
+def test_timeseries_values_beyond_float32_are_refused(tmp_path):
+    _ett_with_cell(tmp_path / "toy.csv", 50, "OT", "1e39")
+    with pytest.raises(MalformedDataError, match=r"toy.csv: column 'OT' has values beyond the float32 range"):
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="toy.csv", lookback=4, horizon=2, scale=False).setup()
+
+
+def test_timeseries_text_encoding_and_csv_errors_are_one_line(tmp_path):
+    write_ett(tmp_path / "toy.csv", rows=60)
+    raw = (tmp_path / "toy.csv").read_bytes()
+    (tmp_path / "latin.csv").write_bytes(raw[:200] + b"\xe9" + raw[200:])
+    with pytest.raises(MalformedDataError, match=r"latin.csv: not a UTF-8 text CSV"):
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="latin.csv").setup()
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + raw)  # a UTF-8 byte-order mark is fine
+    bom = TimeSeriesDataModule(data_dir=str(tmp_path), file="bom.csv", lookback=4, horizon=2)
+    bom.setup()
+    assert bom.column_names == ["HUFL", "HULL", "MUFL", "OT"]
+
+
+ETT_FIT = ["fit", "--config", "configs/ndlinear/etth1_dense_h24.yaml", "--data.borders", "null",
+           "--data.lookback", "8", "--data.horizon", "4", "--model.lookback", "8", "--model.horizon", "4",
+           "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1"]
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf"])
+def test_fit_on_an_ett_csv_with_a_non_finite_cell_is_one_error_line(tmp_path, capsys, cell):
+    """What the user meets: `python -m zoo fit` stops at load, naming the file, the line and the column,
+    instead of training to NaN weights."""
+    from zoo.core.cli import main
+
+    _ett_with_cell(tmp_path / "ETTh1.csv", 23, "MULL", cell, columns=7)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*ETT_FIT, "--data.data_dir", str(tmp_path), f"--trainer.default_root_dir={tmp_path / 'runs'}"])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"error: {tmp_path / 'ETTh1.csv'}:23: non-finite value {cell!r} in column 'MULL', expected "
+                        "a finite number (NaN or inf would train to NaN)")
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def _cifar_batch(tmp_path: Path, batch: object, protocol: int = 2) -> Path:
+    write_cifar(tmp_path, 10, per_batch=2)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(batch if isinstance(batch, bytes) else pickle.dumps(batch, protocol=protocol))
+    return path
+
+
+@pytest.mark.parametrize("batch, words", [
+    (b"", "not a CIFAR pickle batch (EOFError"),
+    (b"\x80\x02}q\x00(X\x04\x00\x00\x00data", "not a CIFAR pickle batch"),  # truncated
+    # protocol-2 bytes through _codecs.encode with another codec (was a LookupError)
+    (b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00xX\x05\x00\x00\x00la0in\x86R.", "refusing _codecs.encode"),
+    (b"\x80\x02}q\x00(K\x01K\x02eb.", "not a CIFAR pickle batch"),  # APPENDS on a dict (was AttributeError)
+    (b"\x80\x02h\x07.", "not a CIFAR pickle batch"),  # memo miss
+    (b"\x80\x04\x95\xff\xff\xff\xff\xff\xff\xff\x7f.", "not a CIFAR pickle batch"),  # absurd frame
+    (b"\x80\x02K\x01Q.", "refusing a persistent id"),
+    ([1, 2], "expected a pickled dict, got list"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "'data' must be a uint8 array [N, 3072], got float32"),
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "got uint8 [2, 100]"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "'data' holds no images"),
+    ({b"data": [[0] * 3072] * 2, b"labels": [0, 1]}, "'data' must be a uint8 array [N, 3072], got list"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "'labels' expected 0..9, found 0..10"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}, "'labels' expected 0..9, found -1..0"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10**30]}, "'labels' expected 0..9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1.0]}, "'labels' must be a list of integers, found float"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "N = 2 and 1 labels"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": b"ab"}, "'labels' must be a list of integers, got bytes"),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, "expected keys 'data' and 'labels'"),
+])
+def test_damaged_cifar_batches_are_one_line_naming_the_file(tmp_path, batch, words):
+    path = _cifar_batch(tmp_path, batch)
+    with pytest.raises(MalformedDataError) as info:
+        CIFARDataModule(data_dir=str(tmp_path)).setup()
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and words in message and "\n" not in message, message
+
+
+def test_cifar_accepts_labels_as_an_integer_array_and_empty_bytes(tmp_path):
+    data = (np.arange(2 * 3072) % 251).astype(np.uint8).reshape(2, 3072)
+    _cifar_batch(tmp_path, {b"batch_label": b"", b"data": data, b"labels": np.array([3, 4], np.int32)})
+    dm = CIFARDataModule(data_dir=str(tmp_path), val_fraction=0.25, normalize=False)
+    dm.setup()
+    x = torch.cat([dm.train_set.tensors[0], dm.val_set.tensors[0]])
+    y = torch.cat([dm.train_set.tensors[1], dm.val_set.tensors[1]])
+    first = torch.as_tensor(data[0]).reshape(3, 32, 32).float() / 255
+    assert len(x) == 10 and int(y[(x == first).flatten(1).all(1)][0]) == 3
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.array([1, 2, 11], np.uint8), "expected labels 0..9, found 1..11"),
+    (np.array([1, -2, 3], np.int8), "expected labels 0..9, found -2..3"),
+])
+def test_mnist_labels_out_of_range_name_the_file(tmp_path, labels, words):
+    write_mnist(tmp_path, n_train=3, n_test=3)
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    code = 0x08 if labels.dtype == np.uint8 else 0x09
+    path.write_bytes(bytes([0, 0, code, 1]) + struct.pack(">I", 3) + labels.tobytes())
+    with pytest.raises(MalformedDataError, match=f"{path}: {words}"):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+
+
+def test_mnist_float_pixels_and_bad_gzip_name_the_file(tmp_path):
+    write_mnist(tmp_path, n_train=3, n_test=3)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 3, 28, 28) + np.zeros(3 * 784, ">f4").tobytes())
+    with pytest.raises(MalformedDataError, match=f"{path}: expected uint8 pixels"):
+        MNISTDataModule(data_dir=str(tmp_path)).setup()
+    gz = tmp_path / "x.gz"
+    gz.write_bytes(gzip.compress(b"\0\0\x08\x01" + b"\0" * 100)[:-12] + b"\xff" * 12)
+    with pytest.raises(MalformedDataError, match=f"{gz}: cannot read, not a valid gzip file"):
+        read_idx(gz)
+
+
 # -- synthetic -----------------------------------------------------------------------------------
 class Blobs(SyntheticDataModule):
     def generate(self, n, generator):

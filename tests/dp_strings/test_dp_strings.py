@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
+import zipfile
 
 import editdistance
 import numpy as np
@@ -398,6 +400,138 @@ def test_cli_errors(tmp_path, capsys, content, extra, words):
     assert code == 2 and err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(capsys, "query", str(tmp_path / "db.txt"), str(tmp_path / "db.txt"))
     assert code == 2 and "not a DP string index" in err and len(err.strip().splitlines()) == 1
+
+
+def _one_error_line(code: int, err: str, *words: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(w in lines[0] for w in words), (lines[0], words)
+    return lines[0]
+
+
+@pytest.fixture
+def built(tmp_path, capsys):
+    """A database, queries and a small index built by the CLI: ``(folder, index path)``."""
+    x = random_db(np.random.default_rng(12), 8, 16)
+    (tmp_path / "db.txt").write_text("\n".join("".join(map(str, r)) for r in x) + "\n")
+    (tmp_path / "q.txt").write_text("".join(map(str, x[0])) + "\n")
+    for kind in ("hamming", "edit"):
+        code, _, err = cli(capsys, "build", str(tmp_path / "db.txt"), "--out", str(tmp_path / f"{kind}.npz"),
+                           "--epsilon", "2", "--k", "3", "--distance", kind)
+        assert code == 0, err
+    return tmp_path
+
+
+def _rewrite(path, **fields) -> None:
+    """Hand-edit an index: replace (or with None, drop) fields, saved like `build` saves."""
+    with np.load(path, allow_pickle=False) as f:
+        state = {k: f[k] for k in f.files}
+    for key, value in fields.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    np.savez_compressed(path, **state)
+
+
+@pytest.mark.parametrize("kind, fields, words", [
+    ("hamming", {"epsilon": np.array(np.nan)}, "field 'epsilon' must be a finite number > 0, got nan"),
+    ("hamming", {"epsilon": np.array(np.inf)}, "field 'epsilon' must be a finite number > 0, got inf"),
+    ("hamming", {"epsilon": np.array(-1.0)}, "field 'epsilon' must be a finite number > 0, got -1.0"),
+    ("hamming", {"epsilon": np.array(0.0)}, "field 'epsilon' must be a finite number > 0, got 0.0"),
+    ("hamming", {"epsilon": np.array(1e-300)}, "epsilon = 1e-300 is too small"),
+    ("hamming", {"epsilon": np.array("2")}, "field 'epsilon' must be a single float, got <U1"),
+    ("hamming", {"k": np.array(0)}, "field 'k' must be an integer in [1, n = 16], got 0"),
+    ("hamming", {"k": np.array(17)}, "field 'k' must be an integer in [1, n = 16], got 17"),
+    ("hamming", {"k": np.array(2.5)}, "field 'k' must be a single int, got float64"),
+    ("hamming", {"k": np.array(8)}, "field 'buckets0' must be integer hashes of shape [4, 16], got int64 array of shape [3, 16]"),
+    ("hamming", {"n": np.array(15)}, "of shape [3, 15], got int64 array of shape [3, 16]"),
+    ("hamming", {"n": np.array(-4)}, "field 'n' (string length) must be >= 1, got -4"),
+    ("hamming", {"n": None}, "field 'n' is missing"),
+    ("hamming", {"sketches": np.array(2)}, "field 'sketches' must count the buckets/released arrays"),
+    ("hamming", {"sketches": np.array(0)}, "field 'sketches' must count"),
+    ("hamming", {"unit": np.array("byte")}, "field 'unit' must be one of ('string', 'bit'), got 'byte'"),
+    ("hamming", {"buckets0": np.full((3, 16), 99)}, "field 'buckets0' level 0 must hold buckets in [0, 4), got 99..99"),
+    ("hamming", {"released0": np.zeros((8, 1), np.uint8)}, "field 'released0' must be packed sketch bits of shape [any, 3]"),
+    ("hamming", {"released0": np.zeros((0, 3), np.uint8)}, "field 'released0' must be a non-empty uint8 array"),
+    ("hamming", {"released0": np.full((8, 3), 255, np.uint8)}, "field 'released0' has bits set in its byte padding"),
+    ("edit", {"walks": np.full((1, 48, 2), 2, np.uint8)}, "field 'walks' must hold only 0 and 1"),
+    ("edit", {"walks": np.zeros((1, 47, 2), np.uint8)}, "field 'walks' must be CGK walk bits of shape [1, 48, 2]"),
+    ("edit", {"released0": np.zeros((8, 21), np.uint8)}, "must be packed sketch bits of shape [any, 22]"),
+    ("edit", {"sketches": np.array(2)}, "field 'sketches' must count the buckets/released arrays (>= 1; the file holds 1)"),
+])
+def test_hand_edited_index_is_one_error_line(built, capsys, kind, fields, words):
+    """A hand-edited index once gave NaN estimates; now `query` names the file and the bad field."""
+    index = built / f"{kind}.npz"
+    _rewrite(index, **fields)
+    code, out, err = cli(capsys, "query", str(index), str(built / "q.txt"))
+    _one_error_line(code, err, f"{index}: ", words)
+    assert out == ""
+
+
+def test_index_with_object_arrays_is_one_error_line(built, capsys):
+    index = built / "hamming.npz"
+    with np.load(index, allow_pickle=False) as f:
+        state = {k: f[k] for k in f.files}
+    np.savez(index, **{**state, "released0": np.array([b"x", 3], dtype=object)})  # pickled inside the .npy
+    code, _, err = cli(capsys, "query", str(index), str(built / "q.txt"))
+    _one_error_line(code, err, f"{index}: not a DP string index", "Object arrays cannot be loaded")
+
+
+def test_crc_corrupt_and_truncated_indexes_are_one_error_line(built, capsys):
+    index = built / "hamming.npz"
+    with np.load(index, allow_pickle=False) as f:
+        state = {k: f[k] for k in f.files}
+    np.savez(index, **state)  # stored, not deflated: the array bytes lie in the file as they are
+    raw = bytearray(index.read_bytes())
+    at = raw.index(state["buckets0"].tobytes()[:64]) + 10
+    raw[at] ^= 0xFF
+    index.write_bytes(bytes(raw))
+    code, _, err = cli(capsys, "query", str(index), str(built / "q.txt"))
+    _one_error_line(code, err, f"{index}: not a DP string index", "BadZipFile", "CRC")
+    edit = (built / "edit.npz").read_bytes()
+    for cut in (len(edit) // 2, len(edit) - 30, 100):
+        (built / "cut.npz").write_bytes(edit[:cut])
+        code, _, err = cli(capsys, "query", str(built / "cut.npz"), str(built / "q.txt"))
+        _one_error_line(code, err, f"{built / 'cut.npz'}: not a DP string index")
+    with zipfile.ZipFile(built / "edit.npz") as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    name_length, extra_length = struct.unpack("<HH", edit[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length
+    deflated = bytearray(edit)
+    deflated[start + member.compress_size // 2] ^= 0x55  # inside a deflate stream: zlib.error or a CRC mismatch
+    (built / "flip.npz").write_bytes(bytes(deflated))
+    code, _, err = cli(capsys, "query", str(built / "flip.npz"), str(built / "q.txt"))
+    _one_error_line(code, err, f"{built / 'flip.npz'}: ")
+
+
+def test_unwritable_out_is_one_error_line_for_build_and_query(built, capsys):
+    blocker = built / "a_file"
+    blocker.write_text("not a folder\n")
+    for out in (blocker / "i.npz", built):  # under a regular file; an existing folder
+        code, _, err = cli(capsys, "build", str(built / "db.txt"), "--out", str(out), "--epsilon", "1", "--k", "2")
+        _one_error_line(code, err, f"cannot write the index to {out}")
+        code, out_text, err = cli(capsys, "query", str(built / "hamming.npz"), str(built / "q.txt"), "--out", str(out))
+        _one_error_line(code, err, f"--out {out}: cannot write the estimates")
+    assert sorted(p.name for p in built.iterdir()) == ["a_file", "db.txt", "edit.npz", "hamming.npz", "q.txt"]
+
+
+def test_queries_of_another_length_name_both_files(built, capsys):
+    (built / "q5.txt").write_text("01010\n")
+    code, _, err = cli(capsys, "query", str(built / "hamming.npz"), str(built / "q5.txt"))
+    _one_error_line(code, err, f"{built / 'q5.txt'}: queries have length 5, but {built / 'hamming.npz'} indexes "
+                               "strings of length n = 16")
+
+
+def test_build_replaces_an_index_whole(built, capsys):
+    """The index is written to a temporary file and renamed: the old one stays readable until then."""
+    index = built / "hamming.npz"
+    before = load(index)
+    code, _, err = cli(capsys, "build", str(built / "db.txt"), "--out", str(index), "--epsilon", "5", "--k", "2")
+    assert code == 0, err
+    after = load(index)
+    assert (before.epsilon, before.k, after.epsilon, after.k) == (2.0, 3, 5.0, 2)
+    assert not [p for p in built.iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import re
 
 import pytest
 import torch
@@ -158,6 +160,67 @@ def test_bad_input():
         retrieve(torch.randn(2, 4), memories, kind="max")
     with pytest.raises(ConfigError, match=r"alpha must lie in \[1, 2\], got 0.5"):
         retrieve(torch.randn(2, 4), memories, kind="entmax", alpha=0.5)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"beta": math.inf}, ConfigError, "beta must be finite (an inverse temperature), got inf"),
+    ({"beta": math.nan}, ConfigError, "beta must be > 0, got nan"),
+    ({"beta": -math.inf}, ConfigError, "beta must be > 0, got -inf"),
+    ({"kind": "entmax", "alpha": math.nan}, ConfigError, "entmax alpha must lie in [1, 2], got nan"),
+    ({"kind": "entmax", "alpha": math.inf}, ConfigError, "entmax alpha must lie in [1, 2], got inf"),
+    ({"kind": "entmax", "alpha": torch.tensor([1.5, math.nan])}, ConfigError, "entmax alpha must lie in [1, 2]"),
+])
+def test_non_finite_beta_and_alpha_are_refused(kwargs, error, message):
+    queries, memories = torch.randn(2, 4), torch.randn(5, 4)
+    with pytest.raises(error) as info:
+        retrieve(queries, memories, **kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    if "beta" in kwargs:
+        with pytest.raises(error, match="beta must be"):
+            energy(queries, memories, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["sparsemax", "entmax15", "entmax"])
+@pytest.mark.parametrize("bad, words", [(math.nan, "NaN"), (math.inf, "+inf")])
+def test_non_finite_queries_and_memories_are_named(kind, bad, words):
+    queries, memories = torch.randn(3, 4), torch.randn(5, 4)
+    queries[1, 2] = bad
+    with pytest.raises(ShapeError, match=r"queries must be finite numbers, got NaN or inf in queries of shape \[3, 4\]"):
+        retrieve(queries, memories, kind=kind)
+    memories[0, 0] = bad
+    with pytest.raises(ShapeError, match=r"memories must be finite numbers.*\[5, 4\]"):
+        retrieve(torch.randn(3, 4), memories, kind=kind)
+    scores = torch.randn(3, 6)
+    scores[1, 4] = bad  # straight to the separation function: once "index -1 is out of bounds"
+    name = {"entmax": "entmax_bisect"}.get(kind, kind)
+    with pytest.raises(ShapeError, match=rf"{name}: scores must be finite numbers .*1 of 3 rows hold {re.escape(words)}"):
+        separate(scores, kind)
+
+
+@pytest.mark.parametrize("fn", [sparsemax, entmax15, lambda z, dim=-1: entmax_bisect(z, 1.3, dim=dim)])
+def test_minus_inf_masks_entries_but_not_whole_rows(fn):
+    z = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    blocked = torch.zeros(4, 5, dtype=torch.bool)
+    blocked[:, 1] = blocked[2, 3] = True
+    p = fn(z.masked_fill(blocked, -math.inf))
+    assert (p[blocked] == 0).all() and torch.allclose(p.sum(-1), torch.ones(4, dtype=torch.float64))
+    (grad,) = torch.autograd.grad((p * torch.arange(5.0, dtype=torch.float64)).sum(), z)
+    assert torch.isfinite(grad).all() and (grad[blocked] == 0).all()
+    with pytest.raises(ShapeError, match="1 of 4 rows hold all -inf"):
+        fn(z.detach().masked_fill(torch.tensor([False, True, False, False])[:, None], -math.inf))
+
+
+def test_uhop_fit_with_an_infinite_beta_is_one_error_line(tmp_path, capsys):
+    """Where the user meets it: the first retrieval (the sanity-check validation) of `python -m zoo fit`."""
+    from zoo.core.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/hopfield/uhop_digits.yaml", "--model.beta", ".inf",  # YAML infinity
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+              "--trainer.max_epochs=1"])
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: beta must be finite (an inverse temperature), got inf"]
 
 
 def test_separation_loss_equals_its_definition_by_loops():

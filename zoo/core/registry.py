@@ -61,13 +61,56 @@ def checkpoint_dir() -> Path:
 
 
 def read_manifest(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The manifest ``{name: entry}`` of ``folder`` (default :func:`checkpoint_dir`); ``{}`` without one.
+
+    Raises ``CheckpointError`` naming the file (and the entry) for a file that cannot be read, is not
+    UTF-8 JSON, or is JSON of another shape (:func:`_check_manifest`).
+    """
     path = (folder or checkpoint_dir()) / "manifest.json"
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+        manifest = json.loads(path.read_bytes())
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the manifest ({err.strerror or err})") from err
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer
+        reason = str(err) if not isinstance(err, RecursionError) else "nested too deeply"
+        raise CheckpointError(f"{path}: not valid JSON ({reason})") from err
+    _check_manifest(path, manifest)
+    return manifest
+
+
+#: the digits of a sha256 as ``hashlib`` writes it (``_check_sha`` compares strings)
+_SHA256_DIGITS = frozenset("0123456789abcdef")
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """A manifest is a JSON object of entries, each an object with ``file`` (a relative path under the
+    checkpoints folder), ``sha256`` (64 lowercase hex digits), ``class`` (a class name) and, if present,
+    ``metrics`` (an object of numbers); anything else raises ``CheckpointError`` naming the entry."""
+    if not isinstance(manifest, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object of entries {{name: {{file, sha256, class, ...}}}}, "
+            f"got a JSON {type(manifest).__name__}")
+    for name, entry in manifest.items():
+        where = f"{path}: entry {name!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where}: expected an object with file, sha256 and class, got {type(entry).__name__}")
+        missing = [key for key in ("file", "sha256", "class") if key not in entry]
+        if missing:
+            raise CheckpointError(f"{where}: missing {', '.join(missing)} (every entry needs file, sha256 and class)")
+        file, digest, cls = entry["file"], entry["sha256"], entry["class"]
+        if (not isinstance(file, str) or not file.strip() or "\0" in file or Path(file).is_absolute()
+                or ".." in Path(file).parts or not Path(file).name):
+            raise CheckpointError(f"{where}: 'file' must be a file name under the checkpoints folder, got {file!r}")
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _SHA256_DIGITS:
+            raise CheckpointError(f"{where}: 'sha256' must be 64 lowercase hex digits, got {str(digest)[:80]!r}")
+        if not isinstance(cls, str) or not cls.strip():
+            raise CheckpointError(f"{where}: 'class' must be a model class name, got {cls!r}")
+        metrics = entry.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            raise CheckpointError(f"{where}: 'metrics' must be an object of numbers, got {str(metrics)[:80]}")
 
 
 def sha256(path: str | Path) -> str:

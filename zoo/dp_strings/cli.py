@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from zoo.core.errors import ConfigError, MalformedDataError
 from zoo.dp_strings.index import KINDS, UNITS, DPEditIndex, DPHammingIndex, load, read_strings
 
 
@@ -39,9 +40,16 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"flip probability {index.p:.4g}")
         return
     index = load(args.index)
-    rows = [index.query(b) for b in read_strings(args.queries)]
+    queries = read_strings(args.queries)
+    if queries.shape[1] != index.n:
+        raise MalformedDataError(f"{args.queries}: queries have length {queries.shape[1]}, but {args.index} "
+                                 f"indexes strings of length n = {index.n}")
+    rows = [index.query(b) for b in queries]
     text = "\n".join(",".join(f"{v:.2f}" for v in row) for row in rows) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as err:
+            raise ConfigError(f"--out {args.out}: cannot write the estimates ({err.strerror or err})") from err
     else:
         sys.stdout.write(text)

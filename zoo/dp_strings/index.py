@@ -51,8 +51,12 @@ median over ``walks`` independent walks; ``docs/dp_strings`` measures its distor
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import struct
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +108,8 @@ def read_strings(path: str | Path) -> np.ndarray:
         lines = [line.strip() for line in path.read_text().splitlines()]
     except UnicodeDecodeError as err:
         raise MalformedDataError(f"{path}: not a text file of 0/1 strings ({err.reason})") from err
+    except OSError as err:
+        raise MalformedDataError(f"{path}: cannot read ({err.strerror or err})") from err
     return as_bits([line for line in lines if line], what=str(path))
 
 
@@ -240,6 +246,10 @@ class DPIndex(ABC):
         public randomness is set (at construction and in :func:`load`)."""
         self.eps_bit = self.epsilon / self.sensitivity()
         self.p = flip_prob(self.eps_bit)
+        if not (math.isfinite(self.p) and 1 - 2 * self.p > 0):
+            raise ConfigError(f"epsilon = {self.epsilon!r} is too small: its per-bit budget {self.eps_bit:.3g} "
+                              f"(over {self.sensitivity()} bits) flips each bit with probability 1/2, which "
+                              "no estimate can undo")
 
     @abstractmethod
     def _embed(self, x: np.ndarray) -> list[np.ndarray]:
@@ -295,10 +305,22 @@ class DPIndex(ABC):
         return state
 
     def save(self, path: str | Path) -> Path:
+        """Write the released structure to ``path`` (an ``.npz``): to a temporary file in the same
+        folder first, then renamed over ``path``, so a failed write never leaves a partial index.
+        A path that cannot be written raises ConfigError naming it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            np.savez_compressed(f, **self.state())
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with temporary.open("wb") as f:
+                np.savez_compressed(f, **self.state())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write the index to {path}: {err.strerror or err}") from err
         return path
 
 
@@ -357,36 +379,115 @@ class DPEditIndex(DPIndex):
         return {**super().state(), "walks": self.walks}
 
 
+# What reading a damaged .npz can raise: a bad or truncated zip (BadZipFile, EOFError, OSError,
+# struct.error, KeyError, NotImplementedError for an unknown compression, RuntimeError for an
+# "encrypted" member), corrupt deflate data (zlib.error), a bad .npy header or an object array
+# refused by allow_pickle=False (ValueError, SyntaxError, TypeError), absurd sizes (MemoryError,
+# OverflowError).
+_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, LookupError, zipfile.BadZipFile, zlib.error,
+                RuntimeError, MemoryError, OverflowError, struct.error, SyntaxError)
+
+
+def _field(path: Path, state: dict[str, np.ndarray], key: str, kind: str) -> object:
+    """The scalar ``state[key]`` as a Python ``str``, ``int`` or ``float`` (``kind``); MalformedDataError
+    naming the file, the field and the value otherwise."""
+    if key not in state:
+        raise MalformedDataError(f"{path}: not a DP string index: field {key!r} is missing")
+    value = state[key]
+    dtype_kinds = {"str": "U", "int": "iu", "float": "fiu"}[kind]
+    if value.shape != () or value.dtype.kind not in dtype_kinds:
+        raise MalformedDataError(
+            f"{path}: field {key!r} must be a single {kind}, got {value.dtype} array of shape {list(value.shape)}")
+    return {"str": str, "int": int, "float": float}[kind](value)
+
+
+def _array(path: Path, state: dict[str, np.ndarray], key: str, shape: tuple[int, ...], dtype_kinds: str,
+           what: str) -> np.ndarray:
+    """``state[key]``, checked to have ``shape`` (-1: any size) and a dtype of ``dtype_kinds``."""
+    if key not in state:
+        raise MalformedDataError(f"{path}: not a DP string index: field {key!r} is missing")
+    value = state[key]
+    if (value.ndim != len(shape) or any(s != -1 and s != v for s, v in zip(shape, value.shape))
+            or value.dtype.kind not in dtype_kinds):
+        expected = "[" + ", ".join("any" if s == -1 else str(s) for s in shape) + "]"
+        raise MalformedDataError(f"{path}: field {key!r} must be {what} of shape {expected}, "
+                                 f"got {value.dtype} array of shape {list(value.shape)}")
+    return value
+
+
 def load(path: str | Path) -> DPIndex:
-    """A structure written by :meth:`DPIndex.save`; anything else raises MalformedDataError naming the file."""
+    """A structure written by :meth:`DPIndex.save`; anything else (another file, a damaged archive, a
+    hand-edited field) raises MalformedDataError naming the file and the bad field or value."""
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"{path}: no such file (expected a DP string index written by `dp-strings build`)")
     expected = f"{path}: not a DP string index (expected an .npz written by `dp-strings build`, format {FORMAT})"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise MalformedDataError(expected) from err
+        if isinstance(archive, np.lib.npyio.NpzFile):
+            with archive:
+                state = {key: archive[key] for key in archive.files}
+    except _READ_ERRORS as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200] or type(err).__name__
+        raise MalformedDataError(f"{expected}: {type(err).__name__}: {reason}") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise MalformedDataError(expected)
-    with archive:
-        state = {key: archive[key] for key in archive.files}
-    tags = str(state.get("format", "")), str(state.get("kind")), str(state.get("unit"))
-    if tags[0] != FORMAT or tags[1] not in KINDS or tags[2] not in UNITS:
+    tags = [state.get(key) for key in ("format", "kind", "unit")]
+    if any(t is None or t.shape != () or t.dtype.kind != "U" for t in tags) or str(tags[0]) != FORMAT:
         raise MalformedDataError(expected)
+    kind, unit = str(tags[1]), str(tags[2])
+    if kind not in KINDS:
+        raise MalformedDataError(f"{path}: field 'kind' must be one of {KINDS}, got {kind!r}")
+    if unit not in UNITS:
+        raise MalformedDataError(f"{path}: field 'unit' must be one of {UNITS}, got {unit!r}")
+    cls = {c.kind: c for c in (DPHammingIndex, DPEditIndex)}[kind]
+    index = cls.__new__(cls)
+    index.unit = unit
+    index.n, index.k = _field(path, state, "n", "int"), _field(path, state, "k", "int")
+    index.epsilon, index.seed = _field(path, state, "epsilon", "float"), _field(path, state, "seed", "int")
+    count = _field(path, state, "sketches", "int")
+    if index.n < 1:
+        raise MalformedDataError(f"{path}: field 'n' (string length) must be >= 1, got {index.n}")
+    if not 1 <= index.k <= index.n:
+        raise MalformedDataError(f"{path}: field 'k' must be an integer in [1, n = {index.n}], got {index.k}")
+    if not (math.isfinite(index.epsilon) and index.epsilon > 0):
+        raise MalformedDataError(f"{path}: field 'epsilon' must be a finite number > 0, got {index.epsilon!r}")
+    if not (count >= 1 and all(f"buckets{i}" in state and f"released{i}" in state for i in range(count))) or (
+            kind == "hamming" and count != 1):
+        held = sum(1 for key in state if key.startswith("buckets"))
+        raise MalformedDataError(f"{path}: field 'sketches' must count the buckets/released arrays "
+                                 f"({'1' if kind == 'hamming' else '>= 1'}; the file holds {held}), got {count}")
+    width = index.n if kind == "hamming" else 3 * index.n  # positions each sketch hashes
+    widths = levels(index.sketch_bound())
+    index.sketches, index.released = [], []
+    for i in range(count):
+        buckets = _array(path, state, f"buckets{i}", (len(widths), width), "iu", "integer hashes")
+        high = np.asarray(widths)[:, None]
+        if buckets.size and ((buckets < 0) | (buckets >= high)).any():
+            level = int(np.nonzero(((buckets < 0) | (buckets >= high)).any(1))[0][0])
+            raise MalformedDataError(f"{path}: field 'buckets{i}' level {level} must hold buckets in "
+                                     f"[0, {widths[level]}), got {int(buckets[level].min())}..{int(buckets[level].max())}")
+        sketch = Sketch(buckets, widths)
+        released = _array(path, state, f"released{i}", (-1, sum(sketch.bytes)), "u", "packed sketch bits")
+        if released.dtype != np.uint8 or len(released) == 0:
+            raise MalformedDataError(f"{path}: field 'released{i}' must be a non-empty uint8 array, "
+                                     f"got {released.dtype} with {len(released)} rows")
+        if index.released and len(released) != len(index.released[0]):
+            raise MalformedDataError(f"{path}: field 'released{i}' has {len(released)} strings, "
+                                     f"'released0' {len(index.released[0])}")
+        if (np.unpackbits(released, axis=1) & ~sketch.mask().astype(bool)).any():
+            raise MalformedDataError(f"{path}: field 'released{i}' has bits set in its byte padding")
+        index.sketches.append(sketch)
+        index.released.append(released)
+    if kind == "edit":
+        walks = _array(path, state, "walks", (count, 3 * index.n, 2), "biu", "CGK walk bits")
+        if ((walks != 0) & (walks != 1)).any():
+            raise MalformedDataError(f"{path}: field 'walks' must hold only 0 and 1")
+        index._restore({**state, "walks": walks.astype(np.uint8)})
     try:
-        cls = {c.kind: c for c in (DPHammingIndex, DPEditIndex)}[tags[1]]
-        index = cls.__new__(cls)
-        index.n, index.k, index.epsilon = int(state["n"]), int(state["k"]), float(state["epsilon"])
-        index.unit, index.seed = str(state["unit"]), int(state["seed"])
-        count = int(state["sketches"])
-        widths = levels(index.sketch_bound())
-        index.sketches = [Sketch(state[f"buckets{i}"], widths) for i in range(count)]
-        index.released = [state[f"released{i}"] for i in range(count)]
-        index._restore(state)
-    except (KeyError, ValueError, TypeError, IndexError) as err:
-        raise MalformedDataError(f"{expected}: {err}") from err
-    index._set_noise()
+        index._set_noise()
+    except ConfigError as err:
+        raise MalformedDataError(f"{path}: {err}") from err
     return index
 
 

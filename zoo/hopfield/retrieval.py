@@ -23,6 +23,7 @@ batch to bound it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -71,6 +72,12 @@ def _check(x: Tensor, memories: Tensor, beta: float) -> None:
         )
     if not beta > 0:
         raise ConfigError(f"beta must be > 0, got {beta}")
+    if not math.isfinite(beta):
+        raise ConfigError(f"beta must be finite (an inverse temperature), got {beta}")
+    if not bool(torch.isfinite(x).all() & torch.isfinite(memories).all()):
+        name = "queries" if not bool(torch.isfinite(x).all()) else "memories"
+        raise ShapeError(f"{name} must be finite numbers, got NaN or inf in {name} of shape "
+                         f"{list((x if name == 'queries' else memories).shape)}")
 
 
 def memory_features(memories: Tensor, feature_map: FeatureMap | None = None, chunk_size: int | None = None) -> Tensor:
@@ -176,6 +183,8 @@ def separation_loss(memories: Tensor, feature_map: FeatureMap | None = None, tau
         raise ShapeError(f"separation_loss needs at least 2 memories, got {m}")
     if not tau > 0:
         raise ConfigError(f"tau must be > 0, got {tau}")
+    if not math.isfinite(tau):
+        raise ConfigError(f"tau must be finite, got {tau}")
     rows, cols = torch.triu_indices(m, m, offset=1, device=memories.device)
     pairs = _pairwise_cosines(memories, feature_map)[rows, cols] / tau
     return (torch.logsumexp(pairs, dim=0) + torch.log(torch.tensor(2.0 / (m * (m - 1))))) / m

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.core.errors import ConfigError
+from zoo.core.errors import ConfigError, ShapeError
 
 
 def _sorted_cumulative(z: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -29,6 +29,18 @@ def _sorted_cumulative(z: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     shape = [1] * z.dim()
     shape[dim] = -1
     return z_sorted, z_sorted.cumsum(dim), ranks.view(shape)
+
+
+def _check_finite(top: Tensor, name: str) -> None:
+    """``top`` is the row maxima of the scores: NaN if a row holds a NaN, +inf if it holds +inf, -inf if
+    every entry is -inf (masked out). Each leaves no probability vector; one check, one sync per call."""
+    if not bool(torch.isfinite(top).all()):
+        bad = ~torch.isfinite(top)
+        kinds = sorted({"NaN" if torch.isnan(v) else ("+inf" if v > 0 else "all -inf") for v in top[bad][:64]})
+        raise ShapeError(
+            f"{name}: scores must be finite numbers (-inf only to mask some, not all, entries of a row); "
+            f"{int(bad.sum())} of {top.numel()} rows hold {' / '.join(kinds)}"
+        )
 
 
 def _backward(grad: Tensor, weight: Tensor, dim: int) -> Tensor:
@@ -43,7 +55,9 @@ class SparsemaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, dim: int) -> Tensor:
-        z = z - z.amax(dim=dim, keepdim=True)  # shift-invariant; keeps the cumulative sums small
+        top = z.amax(dim=dim, keepdim=True)
+        _check_finite(top, "sparsemax")
+        z = z - top  # shift-invariant; keeps the cumulative sums small
         z_sorted, cumulative, ranks = _sorted_cumulative(z, dim)
         support = (1 + ranks * z_sorted > cumulative).sum(dim=dim, keepdim=True)
         tau = (cumulative.gather(dim, support - 1) - 1) / support.to(z.dtype)
@@ -63,7 +77,9 @@ class Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, dim: int) -> Tensor:
-        z = (z - z.amax(dim=dim, keepdim=True)) / 2
+        top = z.amax(dim=dim, keepdim=True)
+        _check_finite(top, "entmax15")
+        z = (z - top) / 2
         z_sorted, cumulative, ranks = _sorted_cumulative(z, dim)
         mean = cumulative / ranks
         mean_sq = (z_sorted**2).cumsum(dim) / ranks
@@ -94,6 +110,7 @@ class EntmaxBisectFunction(torch.autograd.Function):
         exponent = 1 / (alpha - 1)
         x = (alpha - 1) * z
         top = x.amax(dim=dim, keepdim=True)
+        _check_finite(top, "entmax_bisect")
         n = z.shape[dim]
         lo, hi = top - 1, top - (1 / n) ** (alpha - 1)  # sum p >= 1 at lo, <= 1 at hi
         for _ in range(n_iter):
@@ -140,7 +157,7 @@ def entmax_bisect(z: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter:
     ``dim``, possibly requiring grad). ``alpha = 1`` falls back to softmax. ``n_iter`` bisection
     steps fix ``tau`` to about ``2^-n_iter`` of the score range; the result is renormalized."""
     alpha_t = torch.as_tensor(alpha, dtype=z.dtype, device=z.device)
-    if torch.any(alpha_t < 1) or torch.any(alpha_t > 2):
+    if not bool(((alpha_t >= 1) & (alpha_t <= 2)).all()):  # also false for NaN
         raise ConfigError(f"entmax alpha must lie in [1, 2], got {alpha}")
     if not alpha_t.requires_grad and torch.all(alpha_t == 1):
         return torch.softmax(z, dim=dim)
