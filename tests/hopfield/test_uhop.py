@@ -124,7 +124,7 @@ def test_bad_model_input():
         model.retrieve(torch.rand(2, 63))
     with pytest.raises(ConfigError, match="beta must be > 0, got -1"):
         model.retrieve(torch.rand(2, 64), beta=-1)
-    for kwargs, message in [({"beta": 0.0}, "beta must be > 0"), ({"alpha": 2.5}, r"alpha must lie in \[1, 2\]"),
+    for kwargs, message in [({"beta": 0.0}, "beta must be > 0"), ({"beta": float("inf")}, "beta must be finite"), ({"alpha": 2.5}, r"alpha must lie in \[1, 2\]"),
                             ({"separations": ("max",)}, "separations must be a non-empty list"),
                             ({"steps": 0}, "steps must be >= 1"), ({"tau": 0.0}, "tau must be > 0")]:
         with pytest.raises(ConfigError, match=message):

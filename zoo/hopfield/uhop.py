@@ -88,6 +88,8 @@ class UHopPlus(ZooModule):
             raise ConfigError(f"separations must be a non-empty list of {SEPARATIONS}, got {list(separations)}")
         if not beta > 0:
             raise ConfigError(f"beta must be > 0, got {beta}")
+        if beta == float("inf"):
+            raise ConfigError(f"beta must be finite (an inverse temperature), got {beta}")
         if not 1 <= alpha <= 2:
             raise ConfigError(f"alpha must lie in [1, 2], got {alpha}")
         if steps < 1:
