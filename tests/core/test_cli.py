@@ -153,7 +153,7 @@ def test_model_flags_on_the_command_line_win_over_the_checkpoint_hyperparameters
 # -- errors: one line, naming the bad value, exit status 2 ---------------------------------------
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"],
-     "model: unknown class 'ImageClassifierX'; available: AntibodyLM, ConditionalDiT, Forecaster, HopfieldMIL, ImageAutoencoder, ImageClassifier, InContextRegression, LatentDiT, LatentImageDiT, UHopPlus"),
+     "model: unknown class 'ImageClassifierX'; available: AntibodyLM, ConditionalDiT, Forecaster, HopfieldMIL, ImageAutoencoder, ImageClassifier, InContextRegression, LatentDiT, LatentImageDiT, LinearForecaster, RepeatLast, SeasonalNaive, UHopPlus"),
     (["--data", "Foo"], "data: unknown class 'Foo'; available: AntibodySequenceDataModule, CIFARDataModule, "),
     (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp', 'ndlinear'), got 'foo'"),
     (["--model.init_args.foo", "3"], "Option 'foo' is not accepted"),

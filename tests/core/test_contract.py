@@ -64,6 +64,9 @@ def _uhop(model, batch):  # UHopPlus.validation_step: retrieval from the masked 
 FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "ImageClassifier": lambda model, batch: model(batch[0]),  # (images, labels) -> logits
     "Forecaster": lambda model, batch: model(batch[0]),  # (window, future) -> forecast
+    "RepeatLast": lambda model, batch: model(batch[0]),  # same
+    "SeasonalNaive": lambda model, batch: model(batch[0]),  # same
+    "LinearForecaster": lambda model, batch: model(batch[0]),  # same
     "HopfieldMIL": lambda model, batch: model(batch[0], batch[1]),  # (instances, padding, labels) -> bag logits
     "UHopPlus": _uhop,  # (memory, masked, noisy) -> retrieved patterns
     "ConditionalDiT": _conditional_dit,  # (images, labels) -> predicted noise
@@ -156,6 +159,18 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
     "Forecaster": (
         {"lookback": 16, "horizon": 4, "in_features": 4, "out_features": 4, "d_model": 8, "num_heads": 2,
          "ff_dim": 8, "layer": "ndlinear"},
+        "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
+                                 "batch_size": 8}, write_series),
+    "RepeatLast": (
+        {"lookback": 16, "horizon": 4, "channels": 4},
+        "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
+                                 "batch_size": 8}, write_series),
+    "SeasonalNaive": (
+        {"lookback": 16, "horizon": 4, "channels": 4, "period": 6},
+        "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
+                                 "batch_size": 8}, write_series),
+    "LinearForecaster": (  # the closed-form fit of DLinear at the start, then one (logging) step
+        {"lookback": 16, "horizon": 4, "channels": 4, "decomposition": True, "kernel": 5, "solver": "lstsq"},
         "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
                                  "batch_size": 8}, write_series),
     "HopfieldMIL": (

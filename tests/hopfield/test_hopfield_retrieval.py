@@ -211,7 +211,7 @@ def test_minus_inf_masks_entries_but_not_whole_rows(fn):
 
 
 def test_uhop_fit_with_an_infinite_beta_is_one_error_line(tmp_path, capsys):
-    """Where the user meets it: the first retrieval (the sanity-check validation) of `python -m zoo fit`."""
+    """Where the user meets it: `python -m zoo fit` refuses it when it builds the model."""
     from zoo.core.cli import main
 
     with pytest.raises(SystemExit) as info:
@@ -220,7 +220,7 @@ def test_uhop_fit_with_an_infinite_beta_is_one_error_line(tmp_path, capsys):
               "--trainer.max_epochs=1"])
     assert info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert lines == ["error: beta must be finite (an inverse temperature), got inf"]
+    assert lines == ["error: model: beta must be finite (an inverse temperature), got inf"]
 
 
 def test_separation_loss_equals_its_definition_by_loops():

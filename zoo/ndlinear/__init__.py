@@ -6,12 +6,16 @@ Paper -> code:
 - Sec. 4, image classification (a CNN whose head is dense or NdLinear): ``classifier.ImageClassifier``.
 - Sec. 4, time series (a one-layer transformer encoder with NdLinear feed-forward on ETT):
   ``forecaster.Forecaster``.
+- The forecasting baselines it is measured against (issue 23): repeat-last, seasonal naive and
+  DLinear / its plain "Linear" with a closed-form least-squares or SGD fit:
+  ``baselines.RepeatLast``, ``baselines.SeasonalNaive``, ``baselines.LinearForecaster``.
 
 Configs: ``configs/ndlinear/``; results: ``docs/ndlinear.md``.
 """
 
+from zoo.ndlinear.baselines import LinearForecaster, RepeatLast, SeasonalNaive
 from zoo.ndlinear.classifier import ImageClassifier
 from zoo.ndlinear.forecaster import Forecaster
 from zoo.ndlinear.layer import NdLinear
 
-__all__ = ["Forecaster", "ImageClassifier", "NdLinear"]
+__all__ = ["Forecaster", "ImageClassifier", "LinearForecaster", "NdLinear", "RepeatLast", "SeasonalNaive"]
