@@ -130,6 +130,15 @@ def test_a_diverging_fit_stops_in_one_line_and_saves_nothing_non_finite(tmp_path
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
+def test_a_non_finite_monitored_value_never_makes_a_checkpoint_best():
+    """Plain ModelCheckpoint saves the first value it sees while it holds fewer than top-k, NaN too."""
+    from zoo.core.checkpoint import ZooCheckpoint
+
+    callback = ZooCheckpoint(monitor="val/acc", mode="max", save_top_k=1)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert callback.check_monitor_top_k(None, torch.tensor(value)) is False
+
+
 def test_register_refuses_a_diverging_run(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "registry"
     monkeypatch.setenv("ZOO_CHECKPOINTS", str(folder))
