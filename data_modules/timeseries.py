@@ -168,7 +168,15 @@ class TimeSeriesDataModule(ZooDataModule):
                     f"{self.lookback + self.horizon}: lower them or change borders/fractions"
                 )
         if self.scale:
-            mean, std = data[:train_end].mean(0), data[:train_end].std(0).clamp_min(1e-8)
+            mean, std = data[:train_end].mean(0), data[:train_end].std(0)
+            flat = ~(std > 1e-12 * mean.abs().clamp_min(1.0))
+            constant = [c for i, c in enumerate(names) if flat[i] and c in set(inputs) | set(outputs)]
+            if constant:
+                raise ConfigError(
+                    f"{path}: column {constant[0]!r} is constant over the {train_end} training rows (std 0), so "
+                    "scaling would divide by zero; leave it out with data.columns, or set data.scale false"
+                )
+            std = torch.where(flat, torch.ones_like(std), std)  # constant columns no model reads
             data = (data - mean) / std
             self.mean, self.std = mean.float(), std.float()
         data = data.float()

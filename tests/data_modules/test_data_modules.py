@@ -289,6 +289,24 @@ def test_timeseries_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("date,a,OT\nx,1.0,oops\n")
     with pytest.raises(MalformedDataError, match="bad.csv:2: non-numeric value"):
         TimeSeriesDataModule(data_dir=str(tmp_path), file="bad.csv").setup()
+    # a horizon longer than the test split, a look-back longer than the series: one line each
+    with pytest.raises(ConfigError, match="the test split has 13 rows, fewer than lookback \\+ horizon = 19"):
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="toy.csv", lookback=8, horizon=11,
+                             borders=[30, 45, 50]).setup()
+    with pytest.raises(ConfigError, match="the train split has 35 rows, fewer than lookback \\+ horizon = 61"):
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="toy.csv", lookback=60, horizon=1).setup()
+    # a column that is constant over the training rows: scaling would divide by zero
+    values = write_ett(tmp_path / "flat.csv", rows=50)
+    lines = (tmp_path / "flat.csv").read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[2] = "3.5"  # HULL
+    (tmp_path / "flat.csv").write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    with pytest.raises(ConfigError, match="column 'HULL' is constant over the 35 training rows"):
+        TimeSeriesDataModule(data_dir=str(tmp_path), file="flat.csv", lookback=4, horizon=2).setup()
+    dm = TimeSeriesDataModule(data_dir=str(tmp_path), file="flat.csv", lookback=4, horizon=2, columns=["HUFL"])
+    dm.setup()  # left out of the columns, it is no longer scaled
+    assert dm.input_names == ["HUFL", "OT"] and values.shape == (50, 4)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "timeseries" / "ETTh1.csv").is_file(), reason="../shared/data/timeseries/ETTh1.csv absent")
