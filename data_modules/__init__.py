@@ -13,10 +13,12 @@ from data_modules.memories import MemoryDataModule
 from data_modules.mnist import MNISTDataModule, read_idx
 from data_modules.subspace import SubspaceDataModule
 from data_modules.synthetic import SyntheticDataModule
+from data_modules.text import ByteTokenizer, TextDataModule
 from data_modules.timeseries import TimeSeriesDataModule, WindowSet
 
 __all__ = [
     "AntibodySequenceDataModule",
+    "ByteTokenizer",
     "CIFARDataModule",
     "ComplexDataModule",
     "DigitBagsDataModule",
@@ -29,6 +31,7 @@ __all__ = [
     "SubspaceDataModule",
     "SyntheticDataModule",
     "TensorSet",
+    "TextDataModule",
     "TimeSeriesDataModule",
     "WindowSet",
     "ZooDataModule",

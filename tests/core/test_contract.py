@@ -75,6 +75,8 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "ImageAutoencoder": lambda model, batch: model.decode(model.encode(batch[0])),  # images -> reconstructions
     "InContextRegression": lambda model, batch: model(batch[0], batch[1]),  # (xs, ys, var) -> predictions [B, n]
     "AntibodyLM": lambda model, batch: model(batch["inputs"]),  # masked tokens -> logits [B, L, vocab]
+    "CausalLMModule": lambda model, batch: model(batch["inputs"]),  # byte tokens -> next-token logits [B, T, vocab]
+    "LoRAFineTune": lambda model, batch: model(batch["inputs"]),  # same, through the LoRA-adapted LM
 }
 
 
@@ -202,6 +204,12 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
         {"size": "custom", "dim": 16, "depth": 1, "heads": 2, "max_length": 160, "dropout": 0.0},
         "AntibodySequenceDataModule", {"max_length": 160, "val_fraction": 0.2, "test_fraction": 0.2,
                                        "batch_size": 4}, write_antibodies),
+    "CausalLMModule": (
+        {"size": "lm-tiny", "max_position_embeddings": 32, "sample_tokens": 8},
+        "TextDataModule", {"block_size": 16, "batch_size": 4}, None),
+    "LoRAFineTune": (  # adapters on the shipped byte-level LM lm-pydoc (checkpoints/, in git)
+        {"base": "lm-pydoc", "lora_rank": 2, "lora_targets": "full", "sample_tokens": 8},
+        "TextDataModule", {"corpus": "stdlib_docstrings", "block_size": 16, "batch_size": 4}, None),
 }
 
 ONE_STEP = [

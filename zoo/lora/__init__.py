@@ -7,9 +7,16 @@ Paper -> code:
   and the adapter-only state dict and checkpoint helpers in ``adapter``.
 - Secs. 3-5, the exact LoRA gradient of one attention layer, its almost-linear-time approximation
   (low-rank / polynomial approximation of ``exp(Q K^T)`` chained through the gradient terms) and the
-  norm threshold above which no sub-quadratic algorithm exists: to come.
+  norm threshold above which no sub-quadratic algorithm exists: ``limits.LoRAProblem``,
+  ``limits.lora_gradient`` (exact, by hand), ``limits.approx_lora_gradient`` (chained polynomial
+  factorizations of ``exp(Q K^T)``, linear in L) and ``benchmarks/lora/limits.py`` (the threshold
+  and time vs L).
+- Experiments: ``lm_module.CausalLMModule`` pre-trains the zoo's causal LM (``zoo.nn.causal_lm``) on
+  byte tokens of an embedded corpus (``data_modules.text``); ``lm_module.LoRAFineTune`` fine-tunes a
+  trained one with LoRA ("partial", "full", any module names) or in full (the baseline), reporting
+  held-out perplexity and trainable-parameter counts (``configs/lora``, ``docs/lora.md``).
 
-Plain torch; no Lightning import.
+The adapter code is plain torch; only ``lm_module`` imports Lightning.
 """
 
 from zoo.lora.adapter import (
@@ -25,17 +32,36 @@ from zoo.lora.adapter import (
     save_adapter,
     unmerge_lora,
 )
+from zoo.lora.limits import (
+    ADAPTATIONS,
+    LoRAProblem,
+    approx_lora_gradient,
+    lora_gradient,
+    lora_loss,
+    random_problem,
+    relative_error,
+)
+from zoo.lora.lm_module import CausalLMModule, LoRAFineTune
 
 __all__ = [
+    "ADAPTATIONS",
     "PRESETS",
+    "CausalLMModule",
+    "LoRAFineTune",
     "LoRALinear",
+    "LoRAProblem",
+    "approx_lora_gradient",
     "apply_lora",
     "load_adapter",
     "load_lora_state_dict",
+    "lora_gradient",
+    "lora_loss",
     "lora_parameter_count",
     "lora_state_dict",
     "mark_only_lora_as_trainable",
     "merge_lora",
+    "random_problem",
+    "relative_error",
     "save_adapter",
     "unmerge_lora",
 ]
