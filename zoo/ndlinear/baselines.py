@@ -34,10 +34,9 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from zoo.core.errors import ConfigError
 from zoo.core.module import ZooModule
-from zoo.core.plots import forecast_panel
+from zoo.ndlinear.forecaster import ForecastPlot
 
 SOLVERS = ("lstsq", "sgd")
-PANELS = 4  # windows drawn in forecasts.png
 
 
 def moving_average(x: Tensor, kernel: int) -> Tensor:
@@ -53,7 +52,7 @@ def trend_matrix(lookback: int, kernel: int, dtype=torch.float64) -> Tensor:
     return moving_average(torch.eye(lookback, dtype=dtype)[None], kernel)[0]
 
 
-class WindowForecaster(ZooModule):
+class WindowForecaster(ForecastPlot, ZooModule):
     """What the baselines share: shape checks against the DataModule, metrics and the plot."""
 
     name = "forecaster"
@@ -132,20 +131,8 @@ class WindowForecaster(ZooModule):
             metric(prediction, y.reshape(-1))
             self.log(f"{stage}/{name}", metric, prog_bar=True)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        forecast = self(x)
-        if batch_idx == 0:
-            self._shown = (x[:PANELS].cpu(), y[:PANELS].cpu(), forecast[:PANELS].cpu())
-        return forecast
-
-    def on_predict_epoch_end(self) -> None:
-        """Plot the first windows' last variable (look-back, truth, forecast) to ``forecasts.png``."""
-        path = self.output_path("forecasts.png", per_rank=False)  # every rank: a collective
-        if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
-            forecast_panel(*self._shown, path, title=f"{self.name}, horizon {self.hparams.horizon}")
-            print(f"wrote {path}")
-        self._shown = None
+    def plot_title(self) -> str:
+        return f"{self.name}, horizon {self.hparams.horizon}"
 
 
 class RepeatLast(WindowForecaster):

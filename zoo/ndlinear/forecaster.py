@@ -63,7 +63,29 @@ class EncoderBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class Forecaster(ZooModule):
+class ForecastPlot:
+    """``predict`` for window forecasters (:class:`Forecaster`, ``baselines``): returns the forecasts
+    and draws the first windows' last variable (look-back, truth, forecast) to ``forecasts.png``."""
+
+    def plot_title(self) -> str:
+        return f"forecaster, horizon {self.hparams.horizon}"
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        forecast = self(x)
+        if batch_idx == 0:
+            self._shown = (x[:PANELS].cpu(), y[:PANELS].cpu(), forecast[:PANELS].cpu())
+        return forecast
+
+    def on_predict_epoch_end(self) -> None:
+        path = self.output_path("forecasts.png", per_rank=False)  # every rank: a collective
+        if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
+            forecast_panel(*self._shown, path, title=self.plot_title())
+            print(f"wrote {path}")
+        self._shown = None
+
+
+class Forecaster(ForecastPlot, ZooModule):
     """Transformer-encoder forecaster (module docstring).
 
     Args:
@@ -143,17 +165,5 @@ class Forecaster(ZooModule):
             metric(prediction, y)
             self.log(f"{stage}/{name}", metric, prog_bar=True)
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        forecast = self(x)
-        if batch_idx == 0:
-            self._shown = (x[:PANELS].cpu(), y[:PANELS].cpu(), forecast[:PANELS].cpu())
-        return forecast
-
-    def on_predict_epoch_end(self) -> None:
-        """Plot the first windows' last channel (look-back, truth, forecast) to ``forecasts.png``."""
-        path = self.output_path("forecasts.png", per_rank=False)  # every rank: a collective
-        if getattr(self, "_shown", None) is not None and self.trainer.is_global_zero:
-            forecast_panel(*self._shown, path, title=f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}")
-            print(f"wrote {path}")
-        self._shown = None
+    def plot_title(self) -> str:
+        return f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}"
