@@ -34,7 +34,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from zoo.core.errors import ConfigError
 from zoo.core.module import ZooModule
-from zoo.ndlinear.forecaster import ForecastPlot
+from zoo.ndlinear.forecaster import WindowForecast
 
 SOLVERS = ("lstsq", "sgd")
 
@@ -52,7 +52,7 @@ def trend_matrix(lookback: int, kernel: int, dtype=torch.float64) -> Tensor:
     return moving_average(torch.eye(lookback, dtype=dtype)[None], kernel)[0]
 
 
-class WindowForecaster(ForecastPlot, ZooModule):
+class WindowForecaster(WindowForecast, ZooModule):
     """What the baselines share: shape checks against the DataModule, metrics and the plot."""
 
     name = "forecaster"
@@ -114,22 +114,8 @@ class WindowForecaster(ForecastPlot, ZooModule):
         if not self.trains_by_gradient():  # nothing changes in a further epoch
             self.trainer.should_stop = True
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
-        hp = self.hparams
-        self.check_shape("target window", y, (None, hp.horizon, hp.channels),
-                         " (set model.init_args.horizon / channels to match the data)")
-        prediction = self(x).reshape(-1)  # the metrics flatten with view()
-        for name in ("mse", "mae"):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric(prediction, y.reshape(-1))
-            self.log(f"{stage}/{name}", metric, prog_bar=True)
+    def target_width(self) -> tuple[str, int]:
+        return "channels", self.hparams.channels
 
     def plot_title(self) -> str:
         return f"{self.name}, horizon {self.hparams.horizon}"

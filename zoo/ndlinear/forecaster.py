@@ -63,12 +63,32 @@ class EncoderBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class ForecastPlot:
-    """``predict`` for window forecasters (:class:`Forecaster`, ``baselines``): returns the forecasts
-    and draws the first windows' last variable (look-back, truth, forecast) to ``forecasts.png``."""
+class WindowForecast:
+    """What window forecasters (:class:`Forecaster`, ``baselines``) share: validation/test MSE and
+    MAE on the scaled series (``self.metrics``), and ``predict``, which returns the forecasts and
+    draws the first windows' last variable (look-back, truth, forecast) to ``forecasts.png``. A class
+    using it defines ``target_width()``: the hyperparameter that sets the number of forecast
+    variables, and its value."""
 
     def plot_title(self) -> str:
         return f"forecaster, horizon {self.hparams.horizon}"
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        name, width = self.target_width()
+        self.check_shape("target window", y, (None, self.hparams.horizon, width),
+                         f" (set model.init_args.horizon / {name} to match the data)")
+        prediction = self(x).reshape(-1)  # flat: the metrics view() their inputs
+        for metric_name in ("mse", "mae"):
+            metric = self.metrics[f"{stage}_{metric_name}"]
+            metric(prediction, y.reshape(-1))
+            self.log(f"{stage}/{metric_name}", metric, prog_bar=True)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -85,7 +105,7 @@ class ForecastPlot:
         self._shown = None
 
 
-class Forecaster(ForecastPlot, ZooModule):
+class Forecaster(WindowForecast, ZooModule):
     """Transformer-encoder forecaster (module docstring).
 
     Args:
@@ -148,22 +168,8 @@ class Forecaster(ForecastPlot, ZooModule):
         self.log_train(batch_idx, loss=loss)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
-        hp = self.hparams
-        self.check_shape("target window", y, (None, hp.horizon, hp.out_features),
-                         " (set model.init_args.horizon / out_features to match the data)")
-        prediction = self(x)
-        for name in ("mse", "mae"):
-            metric = self.metrics[f"{stage}_{name}"]
-            metric(prediction, y)
-            self.log(f"{stage}/{name}", metric, prog_bar=True)
+    def target_width(self) -> tuple[str, int]:
+        return "out_features", self.hparams.out_features
 
     def plot_title(self) -> str:
         return f"{self.hparams.layer} forecaster, horizon {self.hparams.horizon}"
