@@ -15,6 +15,7 @@ import zoo
 from tests.conftest import DIGITS, ROOT, quick, run_cli, run_zoo
 from zoo.core.cli import main
 from zoo.core.lightning_cli import summarize_parser_error
+from zoo.core.registry import model_classes
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 FRAGMENT_DIRS = ("configs/trainer/", "configs/logger/")
@@ -153,7 +154,8 @@ def test_model_flags_on_the_command_line_win_over_the_checkpoint_hyperparameters
 # -- errors: one line, naming the bad value, exit status 2 ---------------------------------------
 BAD_INPUTS = [
     (["--model", "ImageClassifierX"],
-     "model: unknown class 'ImageClassifierX'; available: AntibodyLM, ConditionalDiT, Forecaster, HopfieldMIL, ImageAutoencoder, ImageClassifier, InContextRegression, LatentDiT, LatentImageDiT, LinearForecaster, RepeatLast, SeasonalNaive, UHopPlus"),
+     # every model class the registry knows, sorted (the paper packages' LightningModules)
+     "model: unknown class 'ImageClassifierX'; available: " + ", ".join(sorted(model_classes()))),
     (["--data", "Foo"], "data: unknown class 'Foo'; available: AntibodySequenceDataModule, CIFARDataModule, "),
     (["--model.head", "foo"], "model: ImageClassifier head must be one of ('linear', 'mlp', 'ndlinear'), got 'foo'"),
     (["--model.init_args.foo", "3"], "Option 'foo' is not accepted"),
