@@ -180,8 +180,11 @@ def test_a_checkpoint_of_another_class_is_refused(tmp_path, capsys):
 
 
 # -- 5. SIGTERM --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, status, message", [("SIGTERM", 143, "stopped by SIGTERM"),
-                                                    ("SIGINT", 1, "KeyboardInterrupt: saved the state at step 13")])
+@pytest.mark.parametrize("name, status, message", [
+    ("SIGTERM", 143, "stopped by SIGTERM"),
+    # the same path (Lightning's on_exception); slow only to keep the default suite under 10 minutes
+    pytest.param("SIGINT", 1, "KeyboardInterrupt: saved the state at step 13", marks=pytest.mark.slow),
+])
 def test_a_stop_signal_saves_a_resumable_checkpoint_and_exits_non_zero(name, status, message, tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     run_cli("fit", *quick(reference, *STEPS))
