@@ -67,6 +67,7 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "RepeatLast": lambda model, batch: model(batch[0]),  # same
     "SeasonalNaive": lambda model, batch: model(batch[0]),  # same
     "LinearForecaster": lambda model, batch: model(batch[0]),  # same
+    "PatchForecaster": lambda model, batch: model(batch[0]),  # same
     "HopfieldMIL": lambda model, batch: model(batch[0], batch[1]),  # (instances, padding, labels) -> bag logits
     "UHopPlus": _uhop,  # (memory, masked, noisy) -> retrieved patterns
     "ConditionalDiT": _conditional_dit,  # (images, labels) -> predicted noise
@@ -173,6 +174,11 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
                                  "batch_size": 8}, write_series),
     "LinearForecaster": (  # the closed-form fit of DLinear at the start, then one (logging) step
         {"lookback": 16, "horizon": 4, "channels": 4, "decomposition": True, "kernel": 5, "solver": "lstsq"},
+        "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
+                                 "batch_size": 8}, write_series),
+    "PatchForecaster": (
+        {"lookback": 16, "horizon": 4, "channels": 4, "patch_len": 4, "stride": 4, "d_model": 8, "num_heads": 2,
+         "ff_dim": 8, "num_layers": 1, "layer": "ndlinear", "period": 2},
         "TimeSeriesDataModule", {"lookback": 16, "horizon": 4, "val_fraction": 0.2, "test_fraction": 0.2,
                                  "batch_size": 8}, write_series),
     "HopfieldMIL": (

@@ -8,7 +8,10 @@ Paper -> code:
   ``forecaster.Forecaster``.
 - The forecasting baselines it is measured against (issue 23): repeat-last, seasonal naive and
   DLinear / its plain "Linear" with a closed-form least-squares or SGD fit:
-  ``baselines.RepeatLast``, ``baselines.SeasonalNaive``, ``baselines.LinearForecaster``.
+  ``baselines.RepeatLast``, ``baselines.SeasonalNaive``, ``baselines.LinearForecaster``; NdLinear
+  inside them: ``LinearForecaster(layer="ndlinear")`` (a day map x an hour map in place of the
+  look-back -> horizon matrix) and ``patch.PatchForecaster`` (PatchTST-style, with RevIN:
+  ``forecaster.RevIN``) with dense or NdLinear embedding, feed-forward and head.
 
 Configs: ``configs/ndlinear/``; results: ``docs/ndlinear.md``.
 """
@@ -17,5 +20,7 @@ from zoo.ndlinear.baselines import LinearForecaster, RepeatLast, SeasonalNaive
 from zoo.ndlinear.classifier import ImageClassifier
 from zoo.ndlinear.forecaster import Forecaster
 from zoo.ndlinear.layer import NdLinear
+from zoo.ndlinear.patch import PatchForecaster
 
-__all__ = ["Forecaster", "ImageClassifier", "LinearForecaster", "NdLinear", "RepeatLast", "SeasonalNaive"]
+__all__ = ["Forecaster", "ImageClassifier", "LinearForecaster", "NdLinear", "PatchForecaster", "RepeatLast",
+           "SeasonalNaive"]

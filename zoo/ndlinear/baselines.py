@@ -18,6 +18,21 @@ ridge, DLinear's features are rank deficient (``s + t = x``): the fit is the min
 ``theta_z = (K^T)^+ theta_x``, and DLinear-lstsq forecasts exactly what Linear-lstsq forecasts.
 ``solver="sgd"`` trains with AdamW (cosine schedule) on the MSE, as DLinear does.
 
+NdLinear in place of the linear map (``layer="ndlinear"``, the paper's layer inside DLinear's
+backbone): the look-back is viewed as a ``[L/p, p]`` tensor (days x hours for ``period`` ``p =
+24``) and the horizon as ``[H/p, p]``, and one ``NdLinear((F/p, p), (H/p, p))`` maps the first to
+the second, shared by the variables: ``Y = A Z B^T + B_eff`` with a day map ``A`` and an hour map
+``B`` (``(H/p)(F/p) + p^2`` weights instead of ``H F``). Its least-squares fit is alternating least
+squares: with ``B`` fixed the model is linear in ``[A, b_A]``, with ``A`` fixed linear in ``[B, b_B]``;
+each half-step solves its normal equations exactly (fp64), so the training error never rises.
+``iterations`` such rounds start from ``B = I`` (the hour map the identity).
+
+``revin`` (reversible instance normalization, Kim et al. 2022, without the affine part): each
+window's per-variable mean over the look-back is subtracted from the input and added to the
+forecast. For a linear map, RevIN's division by the window's standard deviation cancels except on
+the bias, so this mean-only form is the part that matters, and it keeps the model linear in its
+weights: the least-squares fit stays exact.
+
 All report MSE and MAE on the scaled series (``test/mse``, ``test/mae``); ``predict`` draws
 ``forecasts.png``. The naive forecasts have no weights: ``test`` needs no checkpoint, and ``fit``
 runs one epoch that only logs their training error.
@@ -35,8 +50,10 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from zoo.core.errors import ConfigError
 from zoo.core.module import ZooModule
 from zoo.ndlinear.forecaster import WindowForecast
+from zoo.ndlinear.layer import NdLinear
 
 SOLVERS = ("lstsq", "sgd")
+LAYERS = ("dense", "ndlinear")
 
 
 def moving_average(x: Tensor, kernel: int) -> Tensor:
@@ -152,7 +169,8 @@ class SeasonalNaive(WindowForecaster):
 
 
 class LinearForecaster(WindowForecaster):
-    """DLinear's "Linear" and, with ``decomposition``, DLinear (module docstring).
+    """DLinear's "Linear" and, with ``decomposition``, DLinear; with ``layer="ndlinear"`` an
+    NdLinear map in their place (module docstring).
 
     Args:
         lookback, horizon, channels: window lengths and the number of variables (the DataModule's).
@@ -161,8 +179,13 @@ class LinearForecaster(WindowForecaster):
         individual: one map per variable; otherwise one map shared by all variables.
         solver: ``lstsq`` (closed form at the start of fit) or ``sgd`` (AdamW on the MSE).
         lr, weight_decay: AdamW, cosine to 0 over the run (``sgd`` only).
-        ridge: L2 penalty on the weights (not the bias) of the ``lstsq`` fit, on the summed
-            squared errors of all training windows.
+        ridge: L2 penalty on the weights (not the biases) of the ``lstsq`` fit, on the summed
+            squared errors of all training windows (for NdLinear: of every half-step).
+        layer: ``dense`` (one ``H x F`` matrix) or ``ndlinear`` (day map x hour map).
+        period: the length of the second mode for ``ndlinear`` (24: hours of a day); lookback and
+            horizon must be multiples of it.
+        iterations: alternating least-squares rounds of the ``ndlinear`` ``lstsq`` fit.
+        revin: subtract each window's per-variable look-back mean, add it back to the forecast.
     """
 
     def __init__(
@@ -177,19 +200,42 @@ class LinearForecaster(WindowForecaster):
         lr: float = 0.005,
         weight_decay: float = 0.0,
         ridge: float = 0.0,
+        layer: str = "dense",
+        period: int = 24,
+        iterations: int = 10,
+        revin: bool = False,
     ) -> None:
         super().__init__(lookback, horizon, channels)
         if solver not in SOLVERS:
             raise ConfigError(f"LinearForecaster: solver must be one of {SOLVERS}, got {solver!r}")
+        if layer not in LAYERS:
+            raise ConfigError(f"LinearForecaster: layer must be one of {LAYERS}, got {layer!r}")
         if kernel < 1 or kernel % 2 == 0:
             raise ConfigError(f"LinearForecaster: kernel must be an odd number >= 1, got {kernel}")
         if not ridge >= 0:
             raise ConfigError(f"LinearForecaster: ridge must be >= 0, got {ridge}")
+        if layer == "ndlinear":
+            if period < 1 or lookback % period or horizon % period:
+                raise ConfigError(f"LinearForecaster(layer='ndlinear'): lookback={lookback} and horizon={horizon} "
+                                  f"must be multiples of period={period} (the second mode's length)")
+            if individual:
+                raise ConfigError("LinearForecaster(layer='ndlinear') shares one map between the variables; "
+                                  "set individual: false")
+            if iterations < 1:
+                raise ConfigError(f"LinearForecaster: iterations must be >= 1, got {iterations}")
         self.save_hyperparameters()
-        self.name = ("DLinear" if decomposition else "Linear") + f" ({solver}{', individual' if individual else ''})"
-        groups, features = channels if individual else 1, lookback * (2 if decomposition else 1)
-        self.weight = nn.Parameter(torch.full((groups, horizon, features), 1.0 / features))
-        self.bias = nn.Parameter(torch.zeros(groups, horizon))
+        kind = "DLinear" if decomposition else "Linear"
+        extras = [solver] + (["individual"] if individual else []) + (["RevIN"] if revin else [])
+        self.name = (f"NdLinear-{kind}" if layer == "ndlinear" else kind) + f" ({', '.join(extras)})"
+        features = lookback * (2 if decomposition else 1)
+        if layer == "ndlinear":
+            self.map = NdLinear((features // period, period), (horizon // period, period))
+            with torch.no_grad():  # start as "the same hour of an earlier day": B = I
+                self.map.weights[1].copy_(torch.eye(period))
+        else:
+            groups = channels if individual else 1
+            self.weight = nn.Parameter(torch.full((groups, horizon, features), 1.0 / features))
+            self.bias = nn.Parameter(torch.zeros(groups, horizon))
 
     def features(self, x: Tensor) -> Tensor:
         """``[B, L, C]`` -> the map's inputs: ``x``, or ``[s, t]`` stacked along time ``[B, 2L, C]``."""
@@ -198,11 +244,24 @@ class LinearForecaster(WindowForecaster):
         trend = moving_average(x, self.hparams.kernel)
         return torch.cat([x - trend, trend], dim=1)
 
+    def level(self, x: Tensor) -> Tensor | float:
+        """What RevIN removes from the look-back and adds to the forecast: ``[B, 1, C]`` or 0."""
+        return x.mean(dim=1, keepdim=True) if self.hparams.revin else 0.0
+
+    def apply_map(self, z: Tensor) -> Tensor:
+        """The linear map alone: features ``[B, F, C]`` -> ``[B, H, C]``."""
+        hp = self.hparams
+        if hp.layer == "ndlinear":
+            batch, features, channels = z.shape
+            grid = z.transpose(1, 2).reshape(batch, channels, features // hp.period, hp.period)
+            return self.map(grid).reshape(batch, channels, hp.horizon).transpose(1, 2)
+        weight, bias = self.weight.expand(hp.channels, -1, -1), self.bias.expand(hp.channels, -1)
+        return torch.einsum("bfc,chf->bhc", z, weight) + bias.T
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_window(x)
-        channels = self.hparams.channels
-        weight, bias = self.weight.expand(channels, -1, -1), self.bias.expand(channels, -1)
-        return torch.einsum("bfc,chf->bhc", self.features(x), weight) + bias.T
+        level = self.level(x)
+        return self.apply_map(self.features(x - level)) + level
 
     def trains_by_gradient(self) -> bool:
         return self.hparams.solver == "sgd"
@@ -215,23 +274,33 @@ class LinearForecaster(WindowForecaster):
         if data is None:
             raise ConfigError("LinearForecaster(solver='lstsq') fits from the DataModule's train_dataloader(); "
                               "give a data section")
-        weight, bias = self.solve(data.train_dataloader())
-        weight, bias = self.trainer.strategy.broadcast((weight, bias), 0)  # the same fit on every rank
+        fitted = self.solve(data.train_dataloader())
+        fitted = self.trainer.strategy.broadcast(fitted, 0)  # the same fit on every rank
         with torch.no_grad():
-            self.weight.copy_(weight)
-            self.bias.copy_(bias)
+            for name, value in fitted.items():
+                self.get_parameter(name).copy_(value)
+
+    def _windows(self, batches, lift: bool = True):
+        """``(features, target)`` (or ``(x, target)`` without ``lift``) in float64 on the CPU,
+        the RevIN level removed from both."""
+        for x, y in batches:
+            self.check_window(x)
+            x, y = x.double().cpu(), y.double().cpu()
+            level = self.level(x)
+            yield self.features(x - level) if lift else x - level, y - level
 
     @torch.no_grad()
-    def solve(self, batches) -> tuple[Tensor, Tensor]:
-        """The least-squares weights ``[G, H, F]`` and bias ``[G, H]`` over ``batches`` of
-        ``(x, y)`` (module docstring), in float64, returned in the parameters' dtype."""
+    def solve(self, batches) -> dict[str, Tensor]:
+        """The least-squares parameters over ``batches`` of ``(x, y)`` (module docstring), in
+        float64, returned by parameter name in the parameters' dtype. ``batches`` is iterated
+        once (dense) or twice per round (NdLinear)."""
+        if self.hparams.layer == "ndlinear":
+            return self._solve_ndlinear(batches)
         hp = self.hparams
         size = hp.lookback + 1
         gram = torch.zeros(hp.channels, size, size, dtype=torch.float64)
         cross = torch.zeros(hp.channels, size, hp.horizon, dtype=torch.float64)
-        for x, y in batches:
-            self.check_window(x)
-            x, y = x.double().cpu(), y.double().cpu()
+        for x, y in self._windows(batches, lift=False):  # DLinear: solved in x-space, lifted below
             z = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [B, L+1, C]
             gram += torch.einsum("bfc,bgc->cfg", z, z)
             cross += torch.einsum("bfc,bhc->cfh", z, y)
@@ -249,8 +318,48 @@ class LinearForecaster(WindowForecaster):
                 theta = _ridge_solve(lift @ gram @ lift.T, lift @ cross, hp.ridge)
         else:
             theta = _ridge_solve(gram, cross, hp.ridge)  # [G, F+1, H]
-        weight, bias = theta[:, :-1].transpose(1, 2), theta[:, -1]
-        return weight.to(self.weight), bias.to(self.bias)
+        return {"weight": theta[:, :-1].transpose(1, 2).to(self.weight), "bias": theta[:, -1].to(self.bias)}
+
+    def _solve_ndlinear(self, batches) -> dict[str, Tensor]:
+        """Alternating least squares for ``Y = A Z B^T + b_A (B 1)^T + 1 b_B^T`` (per window and
+        variable, ``Z: [F/p, p]``, ``Y: [H/p, p]``): with ``Z~ = [Z; 1]`` and ``A~ = [A, b_A]``,
+
+        - ``B`` fixed: ``A~ (sum Z~ B^T B Z~^T + ridge D) = sum (Y - 1 b_B^T) B Z~^T``;
+        - ``A~`` fixed, ``E = A~ Z~``: every row ``e`` of ``E`` predicts the row ``y`` of ``Y`` as
+          ``B e + b_B``, an ordinary least-squares problem in ``[B, b_B]`` over all rows.
+        """
+        hp = self.hparams
+        days, period = (hp.lookback * (2 if hp.decomposition else 1)) // hp.period, hp.period
+        out_days = hp.horizon // hp.period
+        hour = torch.eye(period, dtype=torch.float64)
+        hour_bias = torch.zeros(period, dtype=torch.float64)
+
+        def grids():
+            for z, y in self._windows(batches):
+                z = z.transpose(1, 2).reshape(-1, days, period)
+                z = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)  # [N, F/p + 1, p]
+                yield z, y.transpose(1, 2).reshape(-1, out_days, period)
+
+        for _ in range(hp.iterations):
+            gram = torch.zeros(days + 1, days + 1, dtype=torch.float64)
+            cross = torch.zeros(out_days, days + 1, dtype=torch.float64)
+            metric = hour.T @ hour
+            for z, y in grids():
+                gram += torch.einsum("nkj,jl,nml->km", z, metric, z)
+                cross += torch.einsum("nij,jl,nkl->ik", y - hour_bias, hour, z)
+            day = _ridge_solve(gram, cross.T, hp.ridge).T  # [H/p, F/p + 1]: [A, b_A]
+            gram = torch.zeros(period + 1, period + 1, dtype=torch.float64)
+            cross = torch.zeros(period + 1, period, dtype=torch.float64)
+            for z, y in grids():
+                e = day @ z  # [N, H/p, p]
+                e = torch.cat([e, torch.ones_like(e[..., :1])], dim=-1)
+                gram += torch.einsum("nil,nim->lm", e, e)
+                cross += torch.einsum("nil,nij->lj", e, y)
+            theta = _ridge_solve(gram, cross, hp.ridge)  # [p + 1, p]: [B^T; b_B]
+            hour, hour_bias = theta[:-1].T, theta[-1]
+        dtype = self.map.weights[0].dtype
+        return {"map.weights.0": day[:, :-1].to(dtype), "map.biases.0": day[:, -1].to(dtype),
+                "map.weights.1": hour.to(dtype), "map.biases.1": hour_bias.to(dtype)}
 
 
 def _ridge_solve(gram: Tensor, cross: Tensor, ridge: float) -> Tensor:

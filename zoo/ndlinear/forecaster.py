@@ -16,6 +16,10 @@ Input windows ``x: [B, L, C_in]`` (look-back ``L``), targets ``y: [B, H, C_out]`
   channels), and the head ``NdLinear((L, d), (H, C_out))``, which keeps time and channel modes
   apart instead of flattening them.
 
+With ``revin``, reversible instance normalization (Kim et al., ICLR 2022) wraps steps 1-3: each
+window's variables are standardized by their own look-back mean and standard deviation on the
+way in (``RevIN``) and the forecast is mapped back with the same statistics.
+
 Trained with MSE on the scaled series; MSE and MAE (torchmetrics) reported on the scaled series,
 as in the ETT literature.
 """
@@ -34,6 +38,33 @@ from zoo.ndlinear.layer import NdLinear
 
 LAYERS = ("dense", "ndlinear")
 PANELS = 4  # windows drawn in forecasts.png
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalization (Kim et al., 2022) of windows ``[B, L, C]``:
+    ``normalize`` returns ``(x - mu) / sigma * gamma + beta`` per window and variable (``mu``,
+    ``sigma`` over the look-back, ``sigma`` with ``eps`` inside the square root) and keeps
+    ``mu, sigma`` for ``denormalize``, which inverts it on the forecast ``[B, H, C]``."""
+
+    def __init__(self, channels: int, affine: bool = True, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels)) if affine else None
+        self.beta = nn.Parameter(torch.zeros(channels)) if affine else None
+
+    def normalize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        mean = x.mean(dim=1, keepdim=True)
+        std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)
+        x = (x - mean) / std
+        if self.gamma is not None:
+            x = x * self.gamma + self.beta
+        return x, (mean, std)
+
+    def denormalize(self, y: Tensor, stats: tuple[Tensor, Tensor]) -> Tensor:
+        mean, std = stats
+        if self.gamma is not None:
+            y = (y - self.beta) / (self.gamma + self.eps * self.eps)
+        return y * std + mean
 
 
 class FeedForward(nn.Module):
@@ -114,6 +145,8 @@ class Forecaster(WindowForecast, ZooModule):
         d_model, num_heads, ff_dim, num_layers, dropout: encoder size.
         layer: ``dense`` or ``ndlinear`` feed-forward and output maps.
         lr, weight_decay: AdamW; the learning rate follows a cosine to 0 over the run.
+        revin: reversible instance normalization around the model (needs in_features ==
+            out_features: the forecast variables are the input's).
     """
 
     def __init__(
@@ -130,13 +163,18 @@ class Forecaster(WindowForecast, ZooModule):
         layer: str = "ndlinear",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        revin: bool = False,
     ) -> None:
         super().__init__()
         if layer not in LAYERS:
             raise ConfigError(f"Forecaster layer must be one of {LAYERS}, got {layer!r}")
+        if revin and in_features != out_features:
+            raise ConfigError(f"Forecaster(revin=True) forecasts the input's variables: in_features={in_features} "
+                              f"must equal out_features={out_features}")
         if d_model % num_heads:
             raise ConfigError(f"Forecaster: d_model={d_model} must be divisible by num_heads={num_heads}")
         self.save_hyperparameters()
+        self.revin = RevIN(in_features) if revin else None
         self.embed = nn.Linear(in_features, d_model)
         self.position = nn.Parameter(torch.randn(lookback, d_model) * 0.02)
         self.blocks = nn.ModuleList(
@@ -157,10 +195,13 @@ class Forecaster(WindowForecast, ZooModule):
         hp = self.hparams
         self.check_shape("input window", x, (None, hp.lookback, hp.in_features),
                          " (set model.init_args.lookback / in_features to match the data)")
+        if self.revin is not None:
+            x, stats = self.revin.normalize(x)
         h = self.embed(x) + self.position
         for block in self.blocks:
             h = block(h)
-        return self.head(self.norm(h))
+        y = self.head(self.norm(h))
+        return y if self.revin is None else self.revin.denormalize(y, stats)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
