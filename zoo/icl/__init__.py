@@ -13,7 +13,9 @@ Paper -> code:
 Configs: ``configs/icl/``; results: ``docs/icl.md``.
 """
 
+from zoo.icl.construction import GDTransformer, build_gd_transformer, reference_gd
 from zoo.icl.model import ICLTransformer, LinearSelfAttention
 from zoo.icl.module import Curriculum, InContextRegression
 
-__all__ = ["Curriculum", "ICLTransformer", "InContextRegression", "LinearSelfAttention"]
+__all__ = ["Curriculum", "GDTransformer", "ICLTransformer", "InContextRegression", "LinearSelfAttention",
+           "build_gd_transformer", "reference_gd"]
