@@ -142,6 +142,15 @@ def test_digits_splits_and_train_only_normalization():
     assert not torch.equal(other.val_set.tensors[1], dm.val_set.tensors[1])
 
 
+def test_mirrored_digits_are_the_same_split_flipped_left_to_right():
+    plain, mirrored = DigitsDataModule(normalize=False), DigitsDataModule(normalize=False, mirror=True)
+    plain.setup("fit")
+    mirrored.setup("fit")
+    for split in ("train_set", "val_set", "test_set"):
+        (x, y), (xm, ym) = getattr(plain, split).tensors, getattr(mirrored, split).tensors
+        assert torch.equal(xm, x.flip(-1)) and torch.equal(ym, y) and not torch.equal(xm, x)
+
+
 # -- MNIST ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("compress", [False, True])
 def test_idx_round_trip(tmp_path, compress):

@@ -86,17 +86,23 @@ def summarize_parser_error(message: str) -> str:
     lines = [line.rstrip() for line in message.splitlines()]
     if "Errors:" in message:
         body = lines[lines.index(next(x for x in lines if x.strip() == "Errors:")) + 1:]
-        reasons, current = [], ""
+        reasons, current, fallback = [], "", None
         for line in body:
             text = line.strip()
             if text.startswith(("Given value", "Subtypes")):
                 break
+            indent = len(line) - len(line.lstrip())
+            if fallback is not None and indent > fallback:
+                continue  # the accepted forms listed under jsonargparse's generic "Not a valid subclass of X"
+            fallback = indent if text.startswith("- Not a valid subclass of") else None
             if text.startswith("- "):
                 current = text[2:]
                 reasons.append(current)
             elif text:
                 reasons[-1] = f"{reasons[-1]} {text}" if reasons else text
         reasons = [r for r in reasons if "NoneType" not in r]
+        # a class's own __init__ error (a callback's) next to that generic fallback: the former alone
+        reasons = [r for r in reasons if not r.startswith("Not a valid subclass of")] or reasons
     else:
         first = re.sub(r'^Parser key "[^"]+":\s*', "", lines[0]).strip()
         reasons = [x for x in [first, *(line.strip() for line in lines[1:])] if x and not x.startswith("Given value")]
@@ -105,7 +111,7 @@ def summarize_parser_error(message: str) -> str:
         name = given[-1].strip()
         nested = re.fullmatch(r"NestedArg\(key='class_path', val='(.*)'\)", name)  # --model.class_path Foo
         return f"{key}: unknown class {nested.group(1) if nested else name!r}; available: {', '.join(known_classes(key))}"
-    if given and not given[-1].startswith(("Namespace(", "NestedArg(")) and "Got value" not in text:
+    if given and not given[-1].startswith(("Namespace(", "NestedArg(", "[Namespace(")) and "Got value" not in text:
         text += f" (given: {given[-1].strip()})"
     return f"{key}: {text}" if key else text
 

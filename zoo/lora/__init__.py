@@ -15,8 +15,11 @@ Paper -> code:
   byte tokens of an embedded corpus (``data_modules.text``); ``lm_module.LoRAFineTune`` fine-tunes a
   trained one with LoRA ("partial", "full", any module names) or in full (the baseline), reporting
   held-out perplexity and trainable-parameter counts (``configs/lora``, ``docs/lora.md``).
+- Any other zoo model through the CLI: ``callback.LoRA``, a Lightning callback (``trainer.callbacks``)
+  that loads a registered base, adapts the named linear layers and freezes the rest
+  (``configs/lora/icl_*.yaml``, ``configs/lora/dit_*.yaml``).
 
-The adapter code is plain torch; only ``lm_module`` imports Lightning.
+The adapter code is plain torch; only ``lm_module`` and ``callback`` import Lightning.
 """
 
 from zoo.lora.adapter import (
@@ -32,6 +35,7 @@ from zoo.lora.adapter import (
     save_adapter,
     unmerge_lora,
 )
+from zoo.lora.callback import LoRA
 from zoo.lora.limits import (
     ADAPTATIONS,
     LoRAProblem,
@@ -47,6 +51,7 @@ __all__ = [
     "ADAPTATIONS",
     "PRESETS",
     "CausalLMModule",
+    "LoRA",
     "LoRAFineTune",
     "LoRALinear",
     "LoRAProblem",
