@@ -78,6 +78,7 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "AntibodyLM": lambda model, batch: model(batch["inputs"]),  # masked tokens -> logits [B, L, vocab]
     "CausalLMModule": lambda model, batch: model(batch["inputs"]),  # byte tokens -> next-token logits [B, T, vocab]
     "LoRAFineTune": lambda model, batch: model(batch["inputs"]),  # same, through the LoRA-adapted LM
+    "PromptTuneLM": lambda model, batch: model(batch["inputs"]),  # same, read after the soft prompt
 }
 
 
@@ -215,6 +216,9 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
         "TextDataModule", {"block_size": 16, "batch_size": 4}, None),
     "LoRAFineTune": (  # adapters on the shipped byte-level LM lm-pydoc (checkpoints/, in git)
         {"base": "lm-pydoc", "lora_rank": 2, "lora_targets": "full", "sample_tokens": 8},
+        "TextDataModule", {"corpus": "stdlib_docstrings", "block_size": 16, "batch_size": 4}, None),
+    "PromptTuneLM": (  # a soft prompt on the shipped lm-pydoc; its checkpoint holds the prompt only
+        {"base": "lm-pydoc", "num_virtual_tokens": 2, "sample_tokens": 8},
         "TextDataModule", {"corpus": "stdlib_docstrings", "block_size": 16, "batch_size": 4}, None),
 }
 

@@ -21,6 +21,10 @@ Module and parameter names are Hugging Face's (``model.layers[i].self_attn.q_pro
 ``model.layers[i].mlp.gate_proj``, ``model.embed_tokens``, ``model.norm``, ``lm_head``), so a
 ``LlamaForCausalLM`` state dict loads with ``load_state_dict`` and LoRA targets are PEFT's names.
 
+Input embeddings: ``forward(inputs_embeds=[B, T, D])`` runs the decoder on given vectors instead of
+``E[x]`` (as ``transformers``' ``inputs_embeds``), and ``generate(input_ids, inputs_embeds=P)``
+decodes after the prefix ``[P, E[x]]`` (a soft prompt, ``zoo.prompt_tuning``), with the KV cache.
+
 Padding: ``attention_mask [B, past + T]`` (1 = token, 0 = padding) masks padded keys, and
 positions count real tokens only (``cumsum(mask) - 1``, as ``transformers``' ``generate`` does), so
 a left-padded row gives the logits of the unpadded one. The KV cache is a plain list with one
@@ -277,43 +281,56 @@ class CausalLM(nn.Module):
         load_hf_state_dict(model, hf_model.state_dict())
         return model
 
-    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, past: KVCache | None) -> int:
-        """One-line errors for bad ids, masks and caches; returns the cached length."""
+    def _check_inputs(self, input_ids: Tensor | None, attention_mask: Tensor | None, past: KVCache | None,
+                      inputs_embeds: Tensor | None = None) -> int:
+        """One-line errors for bad ids or embeddings, masks and caches; returns the cached length."""
         config = self.config
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
-            raise ShapeError(f"input_ids must be integer token ids [batch, length >= 1], got "
-                             f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= config.vocab_size:
-            raise ConfigError(f"token id {low if low < 0 else high} is out of range: expected 0 .. "
-                              f"{config.vocab_size - 1} (vocab_size={config.vocab_size})")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ConfigError("give exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is not None:
+            if (inputs_embeds.dim() != 3 or inputs_embeds.shape[1] == 0 or not inputs_embeds.is_floating_point()
+                    or inputs_embeds.shape[2] != config.hidden_size):
+                raise ShapeError(f"inputs_embeds must be float vectors [batch, length >= 1, hidden_size="
+                                 f"{config.hidden_size}], got {inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
+            batch, length = inputs_embeds.shape[:2]
+        else:
+            if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
+                raise ShapeError(f"input_ids must be integer token ids [batch, length >= 1], got "
+                                 f"{input_ids.dtype} {tuple(input_ids.shape)}")
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= config.vocab_size:
+                raise ConfigError(f"token id {low if low < 0 else high} is out of range: expected 0 .. "
+                                  f"{config.vocab_size - 1} (vocab_size={config.vocab_size})")
+            batch, length = input_ids.shape
         past_length = 0
         if past is not None:
             if len(past) != config.num_hidden_layers:
                 raise ShapeError(f"past_key_values has {len(past)} layers; expected {config.num_hidden_layers}")
             past_length = past[0][0].shape[2]
-            expected = (input_ids.shape[0], config.num_key_value_heads, past_length, config.head_dim)
+            expected = (batch, config.num_key_value_heads, past_length, config.head_dim)
             if any(tuple(t.shape) != expected for kv in past for t in kv):
                 raise ShapeError(f"past_key_values tensors must all have shape {expected} "
                                  f"[batch, kv heads, cached length, head_dim]")
-        total = past_length + input_ids.shape[1]
+        total = past_length + length
         if total > config.max_position_embeddings:
-            raise ShapeError(f"sequence length {total} (cached {past_length} + new {input_ids.shape[1]}) exceeds "
+            raise ShapeError(f"sequence length {total} (cached {past_length} + new {length}) exceeds "
                              f"max_position_embeddings={config.max_position_embeddings}")
-        if attention_mask is not None and tuple(attention_mask.shape) != (input_ids.shape[0], total):
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch, total):
             raise ShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                             f"[batch, cached + new length] = {(input_ids.shape[0], total)}")
+                             f"[batch, cached + new length] = {(batch, total)}")
         return past_length
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                past_key_values: KVCache | None = None, use_cache: bool = False) -> Tensor | tuple[Tensor, KVCache]:
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                past_key_values: KVCache | None = None, use_cache: bool = False,
+                inputs_embeds: Tensor | None = None) -> Tensor | tuple[Tensor, KVCache]:
         """``input_ids [B, T]`` -> logits ``[B, T, vocab]`` (and the cache extended by ``T`` when
-        ``use_cache``). ``attention_mask [B, past + T]`` marks real tokens (1) and padding (0)."""
-        past = self._check_inputs(input_ids, attention_mask, past_key_values)
-        batch, length = input_ids.shape
-        h = self.model.embed_tokens(input_ids)
+        ``use_cache``). ``attention_mask [B, past + T]`` marks real tokens (1) and padding (0).
+        ``inputs_embeds [B, T, D]`` replaces ``input_ids``: the vectors the decoder reads instead of ``E[x]``."""
+        past = self._check_inputs(input_ids, attention_mask, past_key_values, inputs_embeds)
+        h = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        length = h.shape[1]
         if attention_mask is None:
-            positions = torch.arange(past, past + length, device=h.device).expand(batch, length)
+            positions = torch.arange(past, past + length, device=h.device)[None]  # [1, T]: cos, sin broadcast
             mask = None if past == 0 else attention_mask_4d(None, past, length, h.device)
         else:
             positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)[:, past:]
@@ -327,28 +344,46 @@ class CausalLM(nn.Module):
         return (logits, cache) if use_cache else logits
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, attention_mask: Tensor | None = None) -> Tensor:
+    def generate(self, input_ids: Tensor | None, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 attention_mask: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
         """Append ``max_new_tokens`` tokens to ``input_ids [B, T]`` with the KV cache: greedy at
         ``temperature = 0``, else sampled from ``softmax(logits / temperature)`` restricted to the
         ``top_k`` largest. A batch of prompts of different lengths is left-padded, with
-        ``attention_mask`` marking the real tokens. Returns ``[B, T + max_new_tokens]``."""
+        ``attention_mask`` marking the real tokens. Returns ``[B, T + max_new_tokens]``.
+
+        ``inputs_embeds [B, P, D]`` is read before the tokens: the prefix is ``[inputs_embeds,
+        E[input_ids]]`` (``attention_mask`` then covers ``P + T`` positions), or ``inputs_embeds`` alone
+        when ``input_ids`` is None; the result holds ``input_ids`` and the new tokens, no ids for ``P``."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ConfigError(f"top_k must be a positive integer or None, got {top_k!r}")
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        if input_ids is None and inputs_embeds is None:
+            raise ConfigError("generate needs input_ids, inputs_embeds or both")
+        if input_ids is not None and (input_ids.dim() != 2 or input_ids.shape[1] == 0):
             raise ShapeError(f"generate needs a non-empty prompt [batch, length >= 1], got {tuple(input_ids.shape)}")
-        total = input_ids.shape[1] + max_new_tokens
+        if inputs_embeds is not None:
+            batch = inputs_embeds.shape[0] if input_ids is None else input_ids.shape[0]
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != batch:
+                raise ShapeError(f"inputs_embeds must be [batch={batch}, length, hidden_size], got "
+                                 f"{tuple(inputs_embeds.shape)}")
+            if input_ids is not None:
+                self._check_inputs(input_ids, None, None)
+                inputs_embeds = torch.cat([inputs_embeds, self.model.embed_tokens(input_ids)], dim=1)
+        prompt = input_ids if inputs_embeds is None else inputs_embeds
+        total = prompt.shape[1] + max_new_tokens
         if total > self.config.max_position_embeddings:
-            raise ShapeError(f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
+            raise ShapeError(f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
-        if attention_mask is not None and attention_mask.shape == input_ids.shape and not attention_mask[:, -1].all():
+        if (attention_mask is not None and tuple(attention_mask.shape) == tuple(prompt.shape[:2])
+                and not attention_mask[:, -1].all()):
             raise ConfigError("generate needs left padding: attention_mask[:, -1] must be 1 in every row")
-        logits, cache = self(input_ids, attention_mask, use_cache=True)
-        tokens = [input_ids]
+        logits, cache = self(input_ids if inputs_embeds is None else None, attention_mask, use_cache=True,
+                             inputs_embeds=inputs_embeds)
+        tokens = [] if input_ids is None else [input_ids]
         for step in range(max_new_tokens):
             token = self._next_token(logits[:, -1], temperature, top_k, generator)
             tokens.append(token)

@@ -1,0 +1,172 @@
+"""Prompt tuning of a shipped causal LM as a LightningModule (``python -m zoo fit``).
+
+:class:`PromptTuneLM` reads a trained zoo causal LM (``base``: a registered name such as
+``lm-pydoc`` or a checkpoint path, sha256 checked for registered files, built through the registry)
+and trains only a soft prompt ``P [m, d]`` (``zoo.prompt_tuning.soft_prompt``) on next-token
+prediction of byte tokens (``data_modules.text``):
+
+    L = -(1/N) sum_t log p(x_{t+1} | P, x_{<=t})
+
+The logits of the ``m`` virtual positions are dropped: the loss and the metrics are those of the
+real tokens, so they compare with the base's and with LoRA's (``docs/lora.md``). Validation and
+test report ``loss`` (token mean of the NLL over the whole split) and ``ppl = exp(loss)``.
+
+Checkpoints hold the prompt only: ``on_save_checkpoint`` drops the base's weights, and the
+hyperparameters name the base (``base``) and its file's sha256 (``base_sha256``, filled in when
+the base is first read). Loading reads the base again and refuses a base whose sha256 differs from
+the recorded one, so a checkpoint of a few hundred numbers never runs on the wrong model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from data_modules.text import ByteTokenizer
+from zoo.core.errors import CheckpointError, ConfigError
+from zoo.core.module import ZooModule
+from zoo.core.registry import build_from_checkpoint, checkpoint_path, sha256, verify_checkpoint
+from zoo.nn.causal_lm import CausalLM
+from zoo.prompt_tuning.soft_prompt import INITS, PromptTuned, SoftPrompt, check_num_virtual_tokens
+
+__all__ = ["PROMPTS", "PromptTuneLM", "load_causal_lm"]
+
+#: Fixed prompts whose continuations ``predict`` writes to ``samples.txt``.
+PROMPTS = ("The ", "def ", "Return the ", "class ")
+
+#: State-dict prefix of the frozen base's weights, left out of checkpoints.
+BASE_PREFIX = "model.base_model."
+
+
+def load_causal_lm(spec: str) -> tuple[CausalLM, str]:
+    """The :class:`CausalLM` (``.model``) of a registered name or checkpoint file, and the file's sha256."""
+    path = checkpoint_path(spec)
+    if not path.is_file():
+        raise CheckpointError(f"prompt-tuning base {spec!r} is neither a registered name (zoo.list_pretrained()) "
+                              f"nor a checkpoint file; expected a causal LM such as 'lm-pydoc'")
+    module = build_from_checkpoint(verify_checkpoint(path), source=f"prompt-tuning base {spec!r} ({path})")
+    model = getattr(module, "model", None)
+    if not isinstance(model, CausalLM):
+        raise CheckpointError(f"prompt-tuning base {spec!r}: {path} holds a {type(module).__name__}; expected a "
+                              f"module whose .model is the zoo's CausalLM (e.g. 'lm-pydoc')")
+    return model, sha256(path)
+
+
+class PromptTuneLM(ZooModule):
+    """A soft prompt on a frozen, trained causal LM (module docstring).
+
+    Args:
+        base: registered name (``zoo.list_pretrained()``) or checkpoint path whose module's ``.model``
+            is the zoo's ``CausalLM`` (``lm-pydoc``).
+        base_sha256: the base file's sha256, filled in when the base is read and saved with the
+            checkpoint; a base whose file hashes otherwise is refused. Not meant to be set by hand.
+        num_virtual_tokens: ``m``, the prompt's length.
+        prompt_init: ``"random"`` (N(0, 1)), ``"text"`` (the embeddings of ``prompt_init_text``'s
+            bytes, repeated to ``m``) or ``"vocab"`` (``m`` random rows of the embedding).
+        prompt_init_text: the init text for ``"text"``: 1 to ``m`` bytes of UTF-8.
+        lr, weight_decay: AdamW on the prompt under a per-step cosine schedule.
+        sample_tokens, temperature: length and temperature of ``predict``'s samples (0 = greedy).
+    """
+
+    def __init__(self, base: str = "lm-pydoc", base_sha256: str | None = None, num_virtual_tokens: int = 16,
+                 prompt_init: str = "vocab", prompt_init_text: str | None = None, lr: float = 0.03,
+                 weight_decay: float = 0.0, sample_tokens: int = 200, temperature: float = 0.0) -> None:
+        super().__init__()
+        check_num_virtual_tokens(num_virtual_tokens)
+        if prompt_init not in INITS:
+            raise ConfigError(f"PromptTuneLM prompt_init must be one of {', '.join(INITS)}, got {prompt_init!r}")
+        if prompt_init == "text" and (not isinstance(prompt_init_text, str) or not prompt_init_text):
+            raise ConfigError(f"PromptTuneLM prompt_init 'text' needs a non-empty prompt_init_text, "
+                              f"got {prompt_init_text!r}")
+        if isinstance(sample_tokens, bool) or not isinstance(sample_tokens, int) or sample_tokens < 1:
+            raise ConfigError(f"sample_tokens must be a positive integer, got {sample_tokens!r}")
+        if not temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        self.save_hyperparameters()
+        lm, digest = load_causal_lm(base)
+        if base_sha256 is not None and base_sha256 != digest:
+            raise CheckpointError(f"this prompt was tuned on base {base!r} with sha256 {base_sha256[:16]}..., but "
+                                  f"{base!r} now has sha256 {digest[:16]}...; expected the same base file")
+        self.hparams.base_sha256 = digest
+        self.tokenizer = ByteTokenizer()
+        ids = self.tokenizer.encode(prompt_init_text) if prompt_init == "text" else None
+        embeddings = lm.model.embed_tokens
+        prompt = SoftPrompt(num_virtual_tokens, embeddings.embedding_dim, prompt_init, embeddings, ids)
+        self.model = PromptTuned(lm, prompt)
+        self.scores = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("val", "test")})
+        assert [n for n, p in self.named_parameters() if p.requires_grad] == ["model.prompt.embedding.weight"]
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Next-token logits ``[B, T, vocab]`` of token ids ``[B, T]`` read after the prompt."""
+        self.check_shape("input_ids", input_ids, [None, None])
+        return self.model(input_ids)[:, self.model.num_virtual_tokens:]
+
+    def token_nll(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-target NLL ``[B, T]`` of a ``{"inputs", "labels"}`` batch."""
+        logits = self(batch["inputs"]).float()
+        self.check_shape("labels", batch["labels"], list(batch["inputs"].shape))
+        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none").view_as(
+            batch["labels"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.token_nll(batch).mean()
+        self.log_train(batch_idx, loss=loss)
+        return loss
+
+    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> None:
+        self.scores[stage].update(self.token_nll(batch))  # float64 sums: the token mean over the whole split
+
+    def _log_scores(self, stage: str) -> None:
+        loss = self.scores[stage].compute()
+        self.log(f"{stage}/loss", loss.float())
+        self.log(f"{stage}/ppl", torch.exp(loss).float(), prog_bar=True)
+        self.scores[stage].reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Mean next-token NLL of each block of the batch ``[B]``."""
+        return self.token_nll(batch).mean(1)
+
+    def on_predict_epoch_end(self) -> None:
+        path = self.output_path("samples.txt")
+        path.write_text("".join(f"=== {prompt!r}\n{self.sample(prompt)}\n\n" for prompt in PROMPTS))
+
+    @torch.no_grad()
+    def sample(self, text: str, max_new_tokens: int | None = None, temperature: float | None = None,
+               seed: int = 0) -> str:
+        """``text`` and its continuation after the soft prompt, as text (greedy at temperature 0)."""
+        h = self.hparams
+        ids = torch.tensor([self.tokenizer.encode(text, bos=True)], device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        out = self.model.generate(ids, max_new_tokens or h.sample_tokens,
+                                  temperature=h.temperature if temperature is None else temperature,
+                                  generator=generator)
+        return self.tokenizer.decode(out[0])
+
+    def parameter_groups(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {**super().parameter_counts(), "params/prompt": self.model.prompt.embedding.weight.numel()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the prompt only; the base is named by ``base`` and ``base_sha256``."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(BASE_PREFIX)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put the base's weights (read, and sha256-checked, in ``__init__``) back under the prompt."""
+        base = {k: v for k, v in self.state_dict().items() if k.startswith(BASE_PREFIX)}
+        checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}
