@@ -11,14 +11,28 @@ Paper -> code:
 - Real use, as the paper's motivation: ``lm_module.PromptTuneLM`` prompt-tunes the shipped byte-level
   LM ``lm-pydoc`` on held-out text (``configs/prompt_tuning``, ``docs/prompt_tuning.md``, beside
   LoRA and full fine-tuning from ``docs/lora.md``); its checkpoints hold the prompt only.
-- Not built yet (the next part of issue 18): universality of prompt tuning on a one-layer,
-  one-head transformer (Lipschitz sequence-to-sequence maps), the memorization-capacity lower
-  bound (prompt length exponential in dL and 1/epsilon), and the efficiency phase transition in the
-  norm of the soft-prompt-induced queries and keys.
+- The paper's setting, measured (``limits``; ``benchmarks/prompt_tuning/limits.py``,
+  ``docs/prompt_tuning.md``): the single-layer, single-head transformer ``limits.OneLayerTransformer``
+  (attention + FFN with residuals, frozen random weights, projections named ``q_proj`` .. ``fc2`` so
+  LoRA can adapt them; ``limits.reference_forward`` is its slow loop reference) and
+  ``limits.PromptedTransformer`` (a ``SoftPrompt`` on it, only the prompt trains).
+  Universality (Lipschitz sequence-to-sequence maps): ``limits.lipschitz_map``, ``limits.fit``,
+  ``limits.relative_error``. Memorization capacity (prompt length needed for N pairs):
+  ``limits.worst_pair_error``. Efficiency phase transition (norm of the soft-prompt-induced queries
+  and keys): ``limits.prompt_qkv``, ``limits.entry_scale`` and ``attention="fast"`` (the polynomial
+  method of ``zoo.nn.fast_attention``).
 
 The soft prompt is plain torch; only ``lm_module`` imports Lightning.
 """
 
+from zoo.prompt_tuning.limits import (
+    OneLayerTransformer,
+    PromptedTransformer,
+    entry_scale,
+    lipschitz_map,
+    prompt_qkv,
+    reference_forward,
+)
 from zoo.prompt_tuning.lm_module import PromptTuneLM, load_causal_lm
 from zoo.prompt_tuning.soft_prompt import (
     INITS,
@@ -31,11 +45,17 @@ from zoo.prompt_tuning.soft_prompt import (
 
 __all__ = [
     "INITS",
+    "OneLayerTransformer",
     "PromptTuneLM",
     "PromptTuned",
+    "PromptedTransformer",
     "SoftPrompt",
+    "entry_scale",
     "input_embeddings",
+    "lipschitz_map",
     "load_causal_lm",
     "load_prompt",
+    "prompt_qkv",
+    "reference_forward",
     "save_prompt",
 ]
