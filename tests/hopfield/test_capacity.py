@@ -163,7 +163,9 @@ def test_no_code_beats_any_bound():
         assert optimized <= best_random + 1e-9  # the optimizer beats luck
 
 
-@pytest.mark.parametrize("code", [tetrahedron(), octahedron(), icosahedron(), regular_polygon(5)])
+@pytest.mark.parametrize("code", [  # two in the default suite (its time budget), all four under -m slow
+    tetrahedron(), pytest.param(octahedron(), marks=pytest.mark.slow), icosahedron(),
+    pytest.param(regular_polygon(5), marks=pytest.mark.slow)])
 def test_repulsion_finds_the_known_optimum(code):
     m, d = code.shape
     found = repulsion_code(m, d, restarts=2, steps=600, seed=0)

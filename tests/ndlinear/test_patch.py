@@ -105,7 +105,7 @@ def test_bad_arguments(make, match):
         make()
 
 
-@pytest.mark.parametrize("layer", ["dense", "ndlinear"])
+@pytest.mark.parametrize("layer", [pytest.param("dense", marks=pytest.mark.slow), "ndlinear"])  # slow: suite budget
 def test_fit_and_test_through_the_cli(tmp_path, layer):
     write_ett(tmp_path / "ett.csv", rows=400, columns=4)
     args = ["--model=PatchForecaster", "--model.lookback=48", "--model.horizon=24", "--model.channels=4",
