@@ -45,7 +45,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from zoo.core.errors import ConfigError
 from zoo.core.module import ZooModule
@@ -79,10 +78,7 @@ class WindowForecaster(WindowForecast, ZooModule):
         for key, value in (("lookback", lookback), ("horizon", horizon), ("channels", channels)):
             if value < 1:
                 raise ConfigError(f"{type(self).__name__}: {key} must be >= 1, got {value}")
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": metric()
-            for stage in ("val", "test") for name, metric in (("mse", MeanSquaredError), ("mae", MeanAbsoluteError))
-        })
+        self.init_metrics()
 
     def trains_by_gradient(self) -> bool:
         """Whether fit takes optimizer steps; otherwise it runs one epoch that only logs."""

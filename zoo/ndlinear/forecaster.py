@@ -99,7 +99,20 @@ class WindowForecast:
     MAE on the scaled series (``self.metrics``), and ``predict``, which returns the forecasts and
     draws the first windows' last variable (look-back, truth, forecast) to ``forecasts.png``. A class
     using it defines ``target_width()``: the hyperparameter that sets the number of forecast
-    variables, and its value."""
+    variables, and its value. ``training_step`` minimizes the MSE (the baselines override it)."""
+
+    def init_metrics(self) -> None:
+        """``self.metrics``: validation and test MSE / MAE (torchmetrics)."""
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{name}": metric()
+            for stage in ("val", "test") for name, metric in (("mse", MeanSquaredError), ("mae", MeanAbsoluteError))
+        })
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.mse_loss(self(x), y)
+        self.log_train(batch_idx, loss=loss)
+        return loss
 
     def plot_title(self) -> str:
         return f"forecaster, horizon {self.hparams.horizon}"
@@ -186,10 +199,7 @@ class Forecaster(WindowForecast, ZooModule):
                                       nn.Unflatten(1, (horizon, out_features)))
         else:
             self.head = NdLinear((lookback, d_model), (horizon, out_features))
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": metric()
-            for stage in ("val", "test") for name, metric in (("mse", MeanSquaredError), ("mae", MeanAbsoluteError))
-        })
+        self.init_metrics()
 
     def forward(self, x: Tensor) -> Tensor:
         hp = self.hparams
@@ -202,12 +212,6 @@ class Forecaster(WindowForecast, ZooModule):
             h = block(h)
         y = self.head(self.norm(h))
         return y if self.revin is None else self.revin.denormalize(y, stats)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        self.log_train(batch_idx, loss=loss)
-        return loss
 
     def target_width(self) -> tuple[str, int]:
         return "out_features", self.hparams.out_features

@@ -27,9 +27,7 @@ independence, the variables folded into the batch):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from zoo.core.errors import ConfigError
 from zoo.core.module import ZooModule
@@ -104,10 +102,7 @@ class PatchForecaster(WindowForecast, ZooModule):
             EncoderBlock(layer, patches, d_model, num_heads, ff_dim, dropout) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": metric()
-            for stage in ("val", "test") for name, metric in (("mse", MeanSquaredError), ("mae", MeanAbsoluteError))
-        })
+        self.init_metrics()
 
     def patchify(self, series: Tensor) -> Tensor:
         """``[N, L]`` -> ``[N, patches, patch_len]`` (the end padded by ``stride`` repeats)."""
@@ -128,12 +123,6 @@ class PatchForecaster(WindowForecast, ZooModule):
             h = block(h)
         y = self.head(self.norm(h)).reshape(batch, hp.channels, hp.horizon).transpose(1, 2)
         return y if self.revin is None else self.revin.denormalize(y, stats)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        self.log_train(batch_idx, loss=loss)
-        return loss
 
     def target_width(self) -> tuple[str, int]:
         return "channels", self.hparams.channels

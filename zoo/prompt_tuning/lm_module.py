@@ -19,22 +19,16 @@ the recorded one, so a checkpoint of a few hundred numbers never runs on the wro
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from data_modules.text import ByteTokenizer
 from zoo.core.errors import CheckpointError, ConfigError
-from zoo.core.module import ZooModule
+from zoo.core.lm import PROMPTS, NextTokenLM, check_sampling
 from zoo.core.registry import build_from_checkpoint, checkpoint_path, sha256, verify_checkpoint
 from zoo.nn.causal_lm import CausalLM
 from zoo.prompt_tuning.soft_prompt import INITS, PromptTuned, SoftPrompt, check_num_virtual_tokens
 
 __all__ = ["PROMPTS", "PromptTuneLM", "load_causal_lm"]
-
-#: Fixed prompts whose continuations ``predict`` writes to ``samples.txt``.
-PROMPTS = ("The ", "def ", "Return the ", "class ")
 
 #: State-dict prefix of the frozen base's weights, left out of checkpoints.
 BASE_PREFIX = "model.base_model."
@@ -54,7 +48,7 @@ def load_causal_lm(spec: str) -> tuple[CausalLM, str]:
     return model, sha256(path)
 
 
-class PromptTuneLM(ZooModule):
+class PromptTuneLM(NextTokenLM):
     """A soft prompt on a frozen, trained causal LM (module docstring).
 
     Args:
@@ -80,10 +74,7 @@ class PromptTuneLM(ZooModule):
         if prompt_init == "text" and (not isinstance(prompt_init_text, str) or not prompt_init_text):
             raise ConfigError(f"PromptTuneLM prompt_init 'text' needs a non-empty prompt_init_text, "
                               f"got {prompt_init_text!r}")
-        if isinstance(sample_tokens, bool) or not isinstance(sample_tokens, int) or sample_tokens < 1:
-            raise ConfigError(f"sample_tokens must be a positive integer, got {sample_tokens!r}")
-        if not temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+        check_sampling(sample_tokens, temperature)
         self.save_hyperparameters()
         lm, digest = load_causal_lm(base)
         if base_sha256 is not None and base_sha256 != digest:
@@ -95,69 +86,12 @@ class PromptTuneLM(ZooModule):
         embeddings = lm.model.embed_tokens
         prompt = SoftPrompt(num_virtual_tokens, embeddings.embedding_dim, prompt_init, embeddings, ids)
         self.model = PromptTuned(lm, prompt)
-        self.scores = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("val", "test")})
         assert [n for n, p in self.named_parameters() if p.requires_grad] == ["model.prompt.embedding.weight"]
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-token logits ``[B, T, vocab]`` of token ids ``[B, T]`` read after the prompt."""
         self.check_shape("input_ids", input_ids, [None, None])
         return self.model(input_ids)[:, self.model.num_virtual_tokens:]
-
-    def token_nll(self, batch: dict[str, Tensor]) -> Tensor:
-        """Per-target NLL ``[B, T]`` of a ``{"inputs", "labels"}`` batch."""
-        logits = self(batch["inputs"]).float()
-        self.check_shape("labels", batch["labels"], list(batch["inputs"].shape))
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="none").view_as(
-            batch["labels"])
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.token_nll(batch).mean()
-        self.log_train(batch_idx, loss=loss)
-        return loss
-
-    def _evaluate(self, stage: str, batch: dict[str, Tensor]) -> None:
-        self.scores[stage].update(self.token_nll(batch))  # float64 sums: the token mean over the whole split
-
-    def _log_scores(self, stage: str) -> None:
-        loss = self.scores[stage].compute()
-        self.log(f"{stage}/loss", loss.float())
-        self.log(f"{stage}/ppl", torch.exp(loss).float(), prog_bar=True)
-        self.scores[stage].reset()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Mean next-token NLL of each block of the batch ``[B]``."""
-        return self.token_nll(batch).mean(1)
-
-    def on_predict_epoch_end(self) -> None:
-        path = self.output_path("samples.txt")
-        path.write_text("".join(f"=== {prompt!r}\n{self.sample(prompt)}\n\n" for prompt in PROMPTS))
-
-    @torch.no_grad()
-    def sample(self, text: str, max_new_tokens: int | None = None, temperature: float | None = None,
-               seed: int = 0) -> str:
-        """``text`` and its continuation after the soft prompt, as text (greedy at temperature 0)."""
-        h = self.hparams
-        ids = torch.tensor([self.tokenizer.encode(text, bos=True)], device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.model.generate(ids, max_new_tokens or h.sample_tokens,
-                                  temperature=h.temperature if temperature is None else temperature,
-                                  generator=generator)
-        return self.tokenizer.decode(out[0])
-
-    def parameter_groups(self):
-        return [p for p in self.parameters() if p.requires_grad]
 
     def parameter_counts(self) -> dict[str, int]:
         return {**super().parameter_counts(), "params/prompt": self.model.prompt.embedding.weight.numel()}
