@@ -38,7 +38,7 @@ from torch import Tensor
 
 from data_modules.base import TensorSet, ZooDataModule, seeded_split
 from data_modules.numbering import cdr_spans, imgt_anchors
-from data_modules.residues import AMINO_ACIDS, ATOM14, ONE_TO_THREE, THREE_TO_ONE, UNKNOWN
+from data_modules.residues import AMINO_ACIDS, ATOM14, ONE_TO_THREE, THREE_TO_ONE, UNKNOWN, AminoAcidTokenizer
 from zoo.core.errors import ConfigError, MalformedDataError, MissingDataError
 
 MODIFIED = {"MSE": ("MET", {"SE": "SD"}), "PCA": ("GLN", {"OE": "OE1"})}
@@ -290,13 +290,59 @@ def epitope_mask(complex_: Complex, cutoff: float = 4.5) -> Tensor:
     return out
 
 
+def cdr_patch(complex_: Complex, cdr: int = H3, size: int = 128) -> Tensor:
+    """Indices (ascending) of the ``size`` residues whose C-alpha is nearest to any C-alpha of CDR ``cdr``
+    (``CDR_NAMES[cdr - 1]``; the CDR itself included)."""
+    loop = complex_.cdr == cdr
+    if not loop.any():
+        raise MalformedDataError(f"complex {complex_.name}: no CDR-{CDR_NAMES[cdr - 1]} residue to build a patch around")
+    distance = torch.cdist(complex_.coords[:, 1], complex_.coords[loop, 1]).amin(-1)
+    return torch.sort(torch.topk(distance, min(size, len(complex_)), largest=False).indices).values
+
+
 def cdr_h3_patch(complex_: Complex, size: int = 128) -> Tensor:
     """Indices (ascending) of the ``size`` residues whose C-alpha is nearest to any CDR-H3 C-alpha."""
-    h3 = complex_.cdr_h3_mask
-    if not h3.any():
-        raise MalformedDataError(f"complex {complex_.name}: no CDR-H3 residue to build a patch around")
-    distance = torch.cdist(complex_.coords[:, 1], complex_.coords[h3, 1]).amin(-1)
-    return torch.sort(torch.topk(distance, min(size, len(complex_)), largest=False).indices).values
+    return cdr_patch(complex_, H3, size)
+
+
+def loop_anchors(complex_: Complex, loop: Tensor) -> Tensor:
+    """Indices of the residues just before and just after a loop (``loop [N]`` bool) in its chain (DiffAb's
+    anchors): the design patch is centred on their C-alpha, which does not reveal where the loop lies."""
+    index = torch.nonzero(loop).flatten()
+    first, last = int(index[0]), int(index[-1])
+    anchors = [i for i in (first - 1, last + 1) if 0 <= i < len(complex_) and complex_.chain[i] == complex_.chain[first]]
+    return torch.tensor(anchors if anchors else [first, last])
+
+
+def _mask_of(index: Tensor, n: int) -> Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[index] = True
+    return mask
+
+
+def lm_tokens(complex_: Complex, design: Tensor, length: int = 162) -> tuple[Tensor, Tensor]:
+    """The antibody LM's input for a design: per antibody chain (heavy, light) the token ids of its variable
+    domain (``<cls>``, residues up to the end of FR4 = IMGT 128, 11 residues after CDR3, ``<eos>``) with the
+    residues in ``design`` replaced by ``<mask>``, shaped ``[2, length]`` (a missing light chain is
+    ``<cls><eos>``); and for every residue of the complex its index into the flattened ``[2 * length]`` tokens
+    (-1 for antigen residues and residues outside the variable domains)."""
+    tokenizer = AminoAcidTokenizer(unknown="unk")
+    tokens = torch.full((2, length), tokenizer.pad_id, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = tokenizer.cls_id, tokenizer.eos_id
+    position = torch.full((len(complex_),), -1, dtype=torch.long)
+    for row, kind in enumerate(("heavy", "light")):
+        chain = torch.nonzero(complex_.role == ROLES.index(kind)).flatten()
+        if len(chain) == 0:
+            continue
+        cdr3 = torch.nonzero(complex_.cdr[chain] == (H3 if kind == "heavy" else CDR_NAMES.index("L3") + 1)).flatten()
+        end = min(len(chain), int(cdr3[-1]) + 12) if len(cdr3) else len(chain)
+        domain = chain[max(0, end - (length - 2)):end]
+        ids = torch.tensor(tokenizer.encode(complex_.sequence(_mask_of(domain, len(complex_))), add_special=False))
+        ids[design[domain]] = tokenizer.mask_id
+        tokens[row, 1:len(domain) + 1] = ids
+        tokens[row, len(domain) + 1] = tokenizer.eos_id
+        position[domain] = row * length + 1 + torch.arange(len(domain))
+    return tokens, position
 
 
 def write_pdb(complex_: Complex, path: str | Path, sequence: str | None = None, coords: Tensor | None = None,
@@ -370,6 +416,20 @@ def read_pdb_complex(path: str | Path, like: Complex) -> Complex:
                    like.cdr.clone(), like.epitope.clone())
 
 
+class NamedTensorSet(TensorSet):
+    """A :class:`TensorSet` whose samples and batches are dicts ``{name: tensor}`` (design mode)."""
+
+    def __init__(self, names: list[str], *tensors: Tensor) -> None:
+        super().__init__(*tensors)
+        self.names = list(names)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return dict(zip(self.names, super().__getitem__(index)))
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        return dict(zip(self.names, super().__getitems__(indices)))
+
+
 class ComplexDataModule(ZooDataModule):
     """CDR-H3 patches of antibody-antigen complexes, split by complex (seeded).
 
@@ -386,13 +446,31 @@ class ComplexDataModule(ZooDataModule):
         val_fraction, test_fraction: shares of the complexes held out.
         cache_dir: if set, parsed complexes are saved there (``torch.save``) and reused.
         skip_unnumbered: drop (with a warning) complexes whose CDRs the IMGT rule cannot number, instead of failing.
+        design_cdrs: design mode (AlignAb stage 2) when set: the training set holds one patch per (complex, CDR
+            in ``design_cdrs``), validation and test one per complex around ``eval_cdr``; each patch is centred
+            on the C-alpha of the loop's anchors (:func:`loop_anchors`, not the loop itself) and adds
+            ``design [K]`` (the loop), ``loop [1]`` (its CDR flag), ``origin [3]`` (the centre in the complex's
+            frame), ``lm_tokens [2, 162]`` and ``lm_index [K]`` (:func:`lm_tokens`). A complex that cannot be
+            read or numbered, lacks a chain or has an empty epitope, and a loop longer than ``max_loop_length``,
+            is skipped with a one-line warning naming it and the reason (kept in ``self.skipped``). Batches are
+            dicts (``NamedTensorSet``) in design mode, tuples in the order of ``self.fields`` otherwise.
+        eval_cdr, max_loop_length: the design target of validation and test; the longest loop kept.
     """
 
     def __init__(self, data_dir: str | None = None, cases_file: str = "cases.tsv", complexes_dir: str = "complexes",
                  patch_size: int = 128, epitope_cutoff: float = 4.5, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, cache_dir: str | None = None, skip_unnumbered: bool = True,
-                 batch_size: int = 8, num_workers: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 8, num_workers: int = 0, seed: int = 0, design_cdrs: list[str] | None = None,
+                 eval_cdr: str = "H3", max_loop_length: int = 30) -> None:
         super().__init__(data_dir, batch_size, num_workers, seed)
+        for name in [*(design_cdrs or []), eval_cdr]:
+            if name not in CDR_NAMES:
+                raise ConfigError(f"CDR {name!r} is not one of {list(CDR_NAMES)}")
+        if design_cdrs is not None and not design_cdrs:
+            raise ConfigError("design_cdrs must name at least one CDR (or be null for CDR-H3 patches)")
+        if max_loop_length < 1:
+            raise ConfigError(f"max_loop_length must be >= 1, got {max_loop_length}")
+        self.design_cdrs, self.eval_cdr, self.max_loop_length = design_cdrs, eval_cdr, max_loop_length
         if patch_size < 1:
             raise ConfigError(f"patch_size must be >= 1, got {patch_size}")
         if epitope_cutoff <= 0:
@@ -426,11 +504,12 @@ class ComplexDataModule(ZooDataModule):
             torch.save({"stamp": stamp, "complex": complex_.to_dict()}, cache)
         return complex_
 
-    def patch(self, complex_: Complex) -> dict[str, Tensor]:
-        """The model input of one complex: its CDR-H3 patch, padded to ``patch_size``."""
-        index = cdr_h3_patch(complex_, self.patch_size)
+    def patch(self, complex_: Complex, index: Tensor | None = None, origin: Tensor | None = None) -> dict[str, Tensor]:
+        """The model input of one complex: its CDR-H3 patch (or the residues ``index``), padded to ``patch_size``,
+        centred on the CDR-H3 C-alpha centroid (or ``origin``)."""
+        index = cdr_h3_patch(complex_, self.patch_size) if index is None else index
         k, pad = len(index), self.patch_size - len(index)
-        origin = complex_.coords[complex_.cdr_h3_mask, 1].mean(0)
+        origin = complex_.coords[complex_.cdr_h3_mask, 1].mean(0) if origin is None else origin
         coords = (complex_.coords[index] - origin) * complex_.atom_mask[index][..., None]
         grow = lambda t, fill=0: torch.cat([t, t.new_full((pad, *t.shape[1:]), fill)])  # noqa: E731
         return {"aa": grow(complex_.aa[index], UNKNOWN), "coords": grow(coords),
@@ -439,30 +518,83 @@ class ComplexDataModule(ZooDataModule):
                 "epitope": grow(complex_.epitope[index]), "chain": grow(complex_.chain[index]),
                 "resseq": grow(complex_.resseq[index]), "index": grow(index, -1)}
 
+    def design_patch(self, complex_: Complex, cdr: int) -> dict[str, Tensor]:
+        """The design-mode input of one complex and CDR flag ``cdr``: the patch around the loop, centred on its
+        anchors, with the design mask, the origin and the LM's tokens (class docstring)."""
+        loop = complex_.cdr == cdr
+        index = cdr_patch(complex_, cdr, self.patch_size)
+        origin = complex_.coords[loop_anchors(complex_, loop), 1].mean(0)
+        patch = self.patch(complex_, index, origin)
+        tokens, position = lm_tokens(complex_, loop)
+        keep = patch["residue_mask"]
+        patch["design"] = torch.zeros_like(keep)
+        patch["design"][keep] = loop[index]
+        patch["lm_index"] = torch.full_like(patch["index"], -1)
+        patch["lm_index"][keep] = position[index]
+        return {**patch, "loop": torch.tensor([cdr]), "origin": origin, "lm_tokens": tokens}
+
+    def _design_patches(self, complex_: Complex, cdrs: list[str]) -> list[dict[str, Tensor]]:
+        """Design patches of one complex for ``cdrs``, warning (one line) about each loop it skips."""
+        patches = []
+        for name in cdrs:
+            cdr = CDR_NAMES.index(name) + 1
+            length = int((complex_.cdr == cdr).sum())
+            if length == 0:
+                if name[0] == "L" and not (complex_.role == ROLES.index("light")).any():
+                    continue  # a heavy-chain-only antibody has no light-chain loops: nothing wrong
+                reason = f"no CDR-{name} residue"
+            elif length > self.max_loop_length:
+                reason = f"CDR-{name} has {length} residues, more than max_loop_length={self.max_loop_length}"
+            else:
+                patches.append(self.design_patch(complex_, cdr))
+                continue
+            self._skip(f"{complex_.name}:{name}", reason)
+        return patches
+
+    def _skip(self, key: str, reason: str) -> None:
+        self.skipped[key] = reason
+        if self.design_cdrs is not None:
+            warnings.warn(f"ComplexDataModule: skipped {key}: {reason}", stacklevel=3)
+
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
         cases = read_cases(self.find_file(self.cases_file))
+        design = self.design_cdrs is not None
         for case in cases:
             try:
                 self.complexes.append(self.load(case))
-            except MalformedDataError as err:
-                if not (self.skip_unnumbered and "CDRs not numbered" in str(err)):
+            except (MalformedDataError, MissingDataError) as err:
+                numbered = "CDRs not numbered" in str(err)
+                if not (design or (self.skip_unnumbered and numbered)):
                     raise
-                self.skipped[case.name] = str(err)
-        if self.skipped:
+                self._skip(case.name, str(err))
+        if self.skipped and not design:
             warnings.warn(f"ComplexDataModule: skipped {len(self.skipped)} complexes whose CDRs could not be numbered: "
                           f"{sorted(self.skipped)}", stacklevel=2)
         if not self.complexes:
             raise MalformedDataError(f"{self.data_dir}: no usable complex in {self.cases_file}")
-        patches = [self.patch(c) for c in self.complexes]
-        keys = list(patches[0])
-        stacked = {k: torch.stack([p[k] for p in patches]) for k in keys}
-        stacked["complex"] = torch.arange(len(patches))[:, None]
-        parts = seeded_split(len(patches), [self.val_fraction, self.test_fraction], self.seed)
+        parts = seeded_split(len(self.complexes), [self.val_fraction, self.test_fraction], self.seed)
+        if design:
+            usable = []
+            for i, complex_ in enumerate(self.complexes):
+                if complex_.epitope.any():
+                    usable.append(i)
+                else:
+                    self._skip(complex_.name, f"empty epitope (no antigen residue within {self.epitope_cutoff:g} A "
+                                              "of a CDR heavy atom)")
+            parts = [part[torch.isin(part, torch.tensor(usable, dtype=torch.long))] for part in parts]
         for split, part in zip(("train", "val", "test"), parts):
-            if len(part) == 0:
-                raise ConfigError(f"the {split} split of {len(patches)} complexes is empty; change val/test fractions")
-            setattr(self, f"{split}_set", TensorSet(*(stacked[k][part] for k in [*keys, "complex"])))
+            if design:
+                cdrs = self.design_cdrs if split == "train" else [self.eval_cdr]
+                patches = [p | {"complex": torch.tensor([i])} for i in part.tolist()
+                           for p in self._design_patches(self.complexes[i], cdrs)]
+            else:
+                patches = [self.patch(self.complexes[i]) | {"complex": torch.tensor([i])} for i in part.tolist()]
+            if not patches:
+                raise ConfigError(f"the {split} split of {len(self.complexes)} complexes is empty; "
+                                  "change val/test fractions")
+            self.fields = list(patches[0])
+            tensors = [torch.stack([p[k] for p in patches]) for k in self.fields]
+            setattr(self, f"{split}_set", NamedTensorSet(self.fields, *tensors) if design else TensorSet(*tensors))
             self.splits[split] = [self.complexes[i].name for i in part.tolist()]
-        self.fields = [*keys, "complex"]

@@ -79,6 +79,8 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "CausalLMModule": lambda model, batch: model(batch["inputs"]),  # byte tokens -> next-token logits [B, T, vocab]
     "LoRAFineTune": lambda model, batch: model(batch["inputs"]),  # same, through the LoRA-adapted LM
     "PromptTuneLM": lambda model, batch: model(batch["inputs"]),  # same, read after the soft prompt
+    # patches -> loop type logits [B, K, 20] on the loops noised at seeded timesteps, as its validation_step does
+    "CoDesignDiffusion": lambda model, batch: model.denoise(batch, generator=torch.Generator().manual_seed(0))[2],
 }
 
 
@@ -154,6 +156,13 @@ def write_antibodies(folder: Path) -> dict[str, Any]:
     return {"data_dir": str(folder), "file": "heavy.csv"}
 
 
+def write_complexes(folder: Path) -> dict[str, Any]:
+    """Five small synthetic antibody-antigen complexes (PDB files + cases.tsv) for the co-design diffusion."""
+    from tests.alignab.test_codesign_data import write_complexes as write
+
+    return write(folder, 5)
+
+
 #: class name -> (model init_args, DataModule class, its init_args, optional writer of data files
 #: returning more init_args). Tiny, offline: scikit-learn digits, drawn data or written files.
 TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
@@ -220,6 +229,10 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
     "PromptTuneLM": (  # a soft prompt on the shipped lm-pydoc; its checkpoint holds the prompt only
         {"base": "lm-pydoc", "num_virtual_tokens": 2, "sample_tokens": 8},
         "TextDataModule", {"corpus": "stdlib_docstrings", "block_size": 16, "batch_size": 4}, None),
+    "CoDesignDiffusion": (  # LM guidance from the shipped alignab-lm-oas (checkpoints/, in git); synthetic complexes
+        {"size": "tiny", "num_steps": 5, "num_samples": 1, "num_designs": 1, "pack_side_chains": False},
+        "ComplexDataModule", {"patch_size": 32, "design_cdrs": ["H1", "H2", "H3", "L1", "L2", "L3"],
+                              "val_fraction": 0.2, "test_fraction": 0.2, "batch_size": 2}, write_complexes),
 }
 
 ONE_STEP = [
