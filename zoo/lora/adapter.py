@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from zoo.core.base_files import load_base_file, save_base_file
 from zoo.core.errors import CheckpointError, ConfigError
 
 PRESETS = {"partial": ("q_proj", "v_proj"), "full": ("q_proj", "k_proj", "v_proj")}
@@ -275,20 +276,11 @@ def save_adapter(path: str | Path, model: nn.Module, base_name: str, base_sha256
     """
     if not lora_layers(model):
         raise ConfigError(f"{type(model).__name__} has no LoRA layers to save; call apply_lora first")
-    for label, value in (("base_name", base_name), ("base_sha256", base_sha256)):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"adapter {label} must be a non-empty str, got {value!r}")
     if not isinstance(config, dict):
         raise ConfigError(f"adapter config must be a dict, got {type(config).__name__}")
     check_plain(config, "config")
-    torch.save({
-        "format": ADAPTER_FORMAT,
-        "version": ADAPTER_VERSION,
-        "base_name": base_name,
-        "base_sha256": base_sha256,
-        "config": config,
-        "state_dict": {key: value.cpu().clone() for key, value in lora_state_dict(model).items()},
-    }, path)
+    save_base_file(path, "adapter", ADAPTER_FORMAT, ADAPTER_VERSION, base_name, base_sha256, config=config,
+                   state_dict={key: value.cpu().clone() for key, value in lora_state_dict(model).items()})
 
 
 def load_adapter(path: str | Path, model: nn.Module, base_sha256: str) -> dict:
@@ -298,21 +290,8 @@ def load_adapter(path: str | Path, model: nn.Module, base_sha256: str) -> dict:
     them from the file's config (:func:`apply_lora` with its ``target_modules``, ``r``, ``alpha``,
     ``dropout``). Returns ``{"base_name", "base_sha256", "config"}`` as saved.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"adapter file {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{str(path)!r} is not a LoRA adapter file ({type(error).__name__})") from error
-    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a LoRA adapter file (no format {ADAPTER_FORMAT!r})")
-    if payload.get("version") != ADAPTER_VERSION:
-        raise CheckpointError(f"adapter {str(path)!r} has version {payload.get('version')!r}, "
-                              f"expected {ADAPTER_VERSION}")
-    if payload["base_sha256"] != base_sha256:
-        raise CheckpointError(f"adapter {str(path)!r} was trained on base {payload['base_name']!r} "
-                              f"(sha256 {payload['base_sha256']}), not on this base (sha256 {base_sha256})")
+    payload = load_base_file(path, "adapter", "LoRA adapter file", ADAPTER_FORMAT, ADAPTER_VERSION, base_sha256,
+                             verb="trained")
     config = payload["config"]
     if not lora_layers(model):
         if "target_modules" not in config:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from zoo.core.base_files import load_base_file, save_base_file
 from zoo.core.errors import CheckpointError, ConfigError, ShapeError
 from zoo.nn.causal_lm import CausalLM
 
@@ -191,38 +192,16 @@ class PromptTuned(nn.Module):
 
 def save_prompt(path: str | Path, prompt: SoftPrompt, base_name: str, base_sha256: str) -> None:
     """Write the prompt ``[m, d]`` with its init and the base's registry name (or path) and sha256."""
-    for label, value in (("base_name", base_name), ("base_sha256", base_sha256)):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"prompt file {label} must be a non-empty str, got {value!r}")
-    torch.save({
-        "format": PROMPT_FORMAT,
-        "version": PROMPT_VERSION,
-        "base_name": base_name,
-        "base_sha256": base_sha256,
-        "init": prompt.init,
-        "weight": prompt.embedding.weight.detach().cpu().clone(),
-    }, path)
+    save_base_file(path, "prompt file", PROMPT_FORMAT, PROMPT_VERSION, base_name, base_sha256, init=prompt.init,
+                   weight=prompt.embedding.weight.detach().cpu().clone())
 
 
 def load_prompt(path: str | Path, base_sha256: str) -> tuple[SoftPrompt, dict]:
     """The :class:`SoftPrompt` of a :func:`save_prompt` file, for the base whose file hashes to
     ``base_sha256`` (a prompt tuned on another base is refused), and ``{"base_name", "base_sha256",
     "init"}`` as saved."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"prompt file {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{str(path)!r} is not a soft prompt file ({type(error).__name__})") from error
-    if not isinstance(payload, dict) or payload.get("format") != PROMPT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a soft prompt file (no format {PROMPT_FORMAT!r})")
-    if payload.get("version") != PROMPT_VERSION:
-        raise CheckpointError(f"prompt file {str(path)!r} has version {payload.get('version')!r}, "
-                              f"expected {PROMPT_VERSION}")
-    if payload["base_sha256"] != base_sha256:
-        raise CheckpointError(f"prompt file {str(path)!r} was tuned on base {payload['base_name']!r} "
-                              f"(sha256 {payload['base_sha256']}), not on this base (sha256 {base_sha256})")
+    payload = load_base_file(path, "prompt file", "soft prompt file", PROMPT_FORMAT, PROMPT_VERSION, base_sha256,
+                             verb="tuned")
     weight = payload.get("weight")
     if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         raise CheckpointError(f"prompt file {str(path)!r} has no prompt matrix [num_virtual_tokens, token_dim]")
