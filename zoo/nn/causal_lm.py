@@ -254,6 +254,17 @@ def attention_mask_4d(padding: Tensor | None, past: int, length: int, device: to
     return allowed | (key == query)
 
 
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """One-line errors for ids that are not integer ``[batch, length >= 1]`` or not in ``0 .. vocab_size - 1``."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
+        raise ShapeError(f"input_ids must be integer token ids [batch, length >= 1], got "
+                         f"{input_ids.dtype} {tuple(input_ids.shape)}")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ConfigError(f"token id {low if low < 0 else high} is out of range: expected 0 .. "
+                          f"{vocab_size - 1} (vocab_size={vocab_size})")
+
+
 class CausalLM(nn.Module):
     """Llama decoder with a language-model head; ``model`` and ``lm_head`` as in ``LlamaForCausalLM``."""
 
@@ -294,13 +305,7 @@ class CausalLM(nn.Module):
                                  f"{config.hidden_size}], got {inputs_embeds.dtype} {tuple(inputs_embeds.shape)}")
             batch, length = inputs_embeds.shape[:2]
         else:
-            if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
-                raise ShapeError(f"input_ids must be integer token ids [batch, length >= 1], got "
-                                 f"{input_ids.dtype} {tuple(input_ids.shape)}")
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= config.vocab_size:
-                raise ConfigError(f"token id {low if low < 0 else high} is out of range: expected 0 .. "
-                                  f"{config.vocab_size - 1} (vocab_size={config.vocab_size})")
+            check_token_ids(input_ids, config.vocab_size)
             batch, length = input_ids.shape
         past_length = 0
         if past is not None:

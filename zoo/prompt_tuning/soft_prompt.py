@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from zoo.core.base_files import load_base_file, save_base_file
 from zoo.core.errors import CheckpointError, ConfigError, ShapeError
-from zoo.nn.causal_lm import CausalLM
+from zoo.nn.causal_lm import CausalLM, check_token_ids
 
 INITS = ("random", "text", "vocab")
 PROMPT_FORMAT = "zoo-soft-prompt"
@@ -146,23 +146,21 @@ class PromptTuned(nn.Module):
     def num_virtual_tokens(self) -> int:
         return self.prompt.num_virtual_tokens
 
+    def _mask(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor | None:
+        """The mask with ``m`` leading ones; one-line errors for bad ids or masks."""
+        check_token_ids(input_ids, input_embeddings(self.base_model).num_embeddings)
+        if attention_mask is None:
+            return None
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected that of "
+                             f"input_ids {tuple(input_ids.shape)} (the prompt's ones are added here)")
+        ones = attention_mask.new_ones(input_ids.shape[0], self.num_virtual_tokens)
+        return torch.cat([ones, attention_mask], dim=1)
+
     def _prefix(self, input_ids: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """``[P, E x]`` and the mask with ``m`` leading ones; one-line errors for bad ids or masks."""
-        embedding = input_embeddings(self.base_model)
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.is_floating_point():
-            raise ShapeError(f"input_ids must be integer token ids [batch, length >= 1], got "
-                             f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= embedding.num_embeddings:
-            raise ConfigError(f"token id {low if low < 0 else high} is out of range: expected 0 .. "
-                              f"{embedding.num_embeddings - 1}")
-        if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise ShapeError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected that of "
-                                 f"input_ids {tuple(input_ids.shape)} (the prompt's ones are added here)")
-            ones = attention_mask.new_ones(input_ids.shape[0], self.num_virtual_tokens)
-            attention_mask = torch.cat([ones, attention_mask], dim=1)
-        return self.prompt(embedding(input_ids)), attention_mask
+        """``[P, E x]`` and the mask with ``m`` leading ones."""
+        mask = self._mask(input_ids, attention_mask)
+        return self.prompt(input_embeddings(self.base_model)(input_ids)), mask
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``input_ids [B, L]`` -> logits ``[B, m + L, vocab]``; ``attention_mask [B, L]`` as the base's."""
@@ -177,7 +175,7 @@ class PromptTuned(nn.Module):
         cache, ``[B, L + max_new_tokens]``. ``kwargs`` go to the base's ``generate`` (zoo: ``temperature``,
         ``top_k``, ``generator``; ``transformers``: its generation options, greedy by default)."""
         if isinstance(self.base_model, CausalLM):
-            _, mask = self._prefix(input_ids, attention_mask)  # CausalLM.generate embeds the ids itself
+            mask = self._mask(input_ids, attention_mask)  # CausalLM.generate embeds the ids itself
             dtype = self.base_model.model.embed_tokens.weight.dtype
             prompt = self.prompt.embedding.weight.to(dtype)[None].expand(input_ids.shape[0], -1, -1)
             return self.base_model.generate(input_ids, max_new_tokens, attention_mask=mask, inputs_embeds=prompt,
