@@ -119,7 +119,7 @@ def test_bad_input_ends_in_one_line(base, tmp_path, capsys, extra, message):
     assert len(err) == 1, err
     assert message in err[0]
     if "digits-cnn" in message:
-        assert "is a ImageClassifier checkpoint; expected a CausalLMModule" in err[0]
+        assert "holds a ImageClassifier; expected a module whose .model is the zoo's CausalLM" in err[0]
 
 
 @pytest.mark.skipif("lm-pydoc" not in zoo.list_pretrained(), reason="lm-pydoc is not registered")

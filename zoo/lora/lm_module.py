@@ -11,8 +11,8 @@ perplexities). ``predict`` returns each block's mean NLL and writes ``samples.tx
 of :data:`PROMPTS` (greedy at ``temperature = 0``, else sampled with a fixed seed).
 
 :class:`LoRAFineTune` fine-tunes a trained ``CausalLMModule`` (``base``: a registered name such as
-``lm-pydoc`` or a checkpoint path, read through ``verify_checkpoint`` + ``build_from_checkpoint``,
-sha256 checked for registered files) with LoRA adapters ``W = W0 + (alpha / r) B A`` on
+``lm-pydoc`` or a checkpoint path of any module whose ``.model`` is the zoo's ``CausalLM``, read
+through ``zoo.core.lm.load_causal_lm``, sha256 checked for registered files) with LoRA adapters ``W = W0 + (alpha / r) B A`` on
 ``lora_targets`` (``zoo.lora.adapter``; "partial" = q_proj, v_proj, "full" = q_proj, k_proj,
 v_proj, or a list of module names); only the adapters are trainable. ``full_finetune=True`` is the
 baseline that trains every weight of the base instead (no adapters). The base's LM shape
@@ -30,16 +30,8 @@ import torch
 from torch import Tensor
 
 from data_modules.text import ByteTokenizer
-from zoo.core.errors import CheckpointError, ConfigError
-from zoo.core.lm import PROMPTS, NextTokenLM, TokenNLL, check_sampling
-from zoo.core.registry import (
-    build_from_checkpoint,
-    checkpoint_class,
-    checkpoint_path,
-    read_manifest,
-    sha256,
-    verify_checkpoint,
-)
+from zoo.core.errors import ConfigError
+from zoo.core.lm import PROMPTS, NextTokenLM, TokenNLL, check_sampling, load_causal_lm
 from zoo.lora.adapter import (
     apply_lora,
     check_hyperparameters,
@@ -85,20 +77,9 @@ class CausalLMModule(_NextTokenLM):
 
 
 def load_base(spec: str) -> tuple[CausalLM, str]:
-    """The :class:`CausalLM` of a trained ``CausalLMModule`` (registered name or checkpoint path)
-    and its file's sha256; a checkpoint of another class raises ``CheckpointError`` naming it."""
-    path = checkpoint_path(spec)
-    if not path.is_file():
-        known = [name for name, entry in read_manifest().items() if entry["class"] == "CausalLMModule"]
-        raise CheckpointError(f"LoRA base {spec!r} is neither a registered name nor a checkpoint file; "
-                              f"registered CausalLMModule checkpoints: {', '.join(sorted(known)) or 'none'}")
-    checkpoint = verify_checkpoint(path)
-    recorded = checkpoint_class(checkpoint)
-    if recorded != "CausalLMModule":
-        raise CheckpointError(f"LoRA base {spec!r}: {path} is a {recorded or 'class-less'} checkpoint; "
-                              f"expected a CausalLMModule")
-    module = build_from_checkpoint(checkpoint, CausalLMModule, f"LoRA base {spec!r} ({path})")
-    return module.model, sha256(path)
+    """The :class:`CausalLM` of a trained causal-LM module (registered name or checkpoint path) and
+    its file's sha256 (``zoo.core.lm.load_causal_lm``)."""
+    return load_causal_lm(spec, "LoRA base")
 
 
 class LoRAFineTune(_NextTokenLM):

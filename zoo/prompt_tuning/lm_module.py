@@ -23,29 +23,13 @@ from torch import Tensor
 
 from data_modules.text import ByteTokenizer
 from zoo.core.errors import CheckpointError, ConfigError
-from zoo.core.lm import PROMPTS, NextTokenLM, check_sampling
-from zoo.core.registry import build_from_checkpoint, checkpoint_path, sha256, verify_checkpoint
-from zoo.nn.causal_lm import CausalLM
+from zoo.core.lm import PROMPTS, NextTokenLM, check_sampling, load_causal_lm
 from zoo.prompt_tuning.soft_prompt import INITS, PromptTuned, SoftPrompt, check_num_virtual_tokens
 
 __all__ = ["PROMPTS", "PromptTuneLM", "load_causal_lm"]
 
 #: State-dict prefix of the frozen base's weights, left out of checkpoints.
 BASE_PREFIX = "model.base_model."
-
-
-def load_causal_lm(spec: str) -> tuple[CausalLM, str]:
-    """The :class:`CausalLM` (``.model``) of a registered name or checkpoint file, and the file's sha256."""
-    path = checkpoint_path(spec)
-    if not path.is_file():
-        raise CheckpointError(f"prompt-tuning base {spec!r} is neither a registered name (zoo.list_pretrained()) "
-                              f"nor a checkpoint file; expected a causal LM such as 'lm-pydoc'")
-    module = build_from_checkpoint(verify_checkpoint(path), source=f"prompt-tuning base {spec!r} ({path})")
-    model = getattr(module, "model", None)
-    if not isinstance(model, CausalLM):
-        raise CheckpointError(f"prompt-tuning base {spec!r}: {path} holds a {type(module).__name__}; expected a "
-                              f"module whose .model is the zoo's CausalLM (e.g. 'lm-pydoc')")
-    return model, sha256(path)
 
 
 class PromptTuneLM(NextTokenLM):
@@ -76,7 +60,7 @@ class PromptTuneLM(NextTokenLM):
                               f"got {prompt_init_text!r}")
         check_sampling(sample_tokens, temperature)
         self.save_hyperparameters()
-        lm, digest = load_causal_lm(base)
+        lm, digest = load_causal_lm(base, "prompt-tuning base")
         if base_sha256 is not None and base_sha256 != digest:
             raise CheckpointError(f"this prompt was tuned on base {base!r} with sha256 {base_sha256[:16]}..., but "
                                   f"{base!r} now has sha256 {digest[:16]}...; expected the same base file")
