@@ -29,7 +29,7 @@ import torch
 from zoo.core.errors import CheckpointError, UnknownPretrainedError
 
 #: The paper packages with LightningModules (``zoo.<paper>``, each listing them in ``__all__``).
-PAPERS = ("ndlinear", "hopfield", "dit", "icl", "alignab", "lora", "prompt_tuning")
+PAPERS = ("ndlinear", "hopfield", "dit", "icl", "alignab", "lora", "prompt_tuning", "deal")
 
 
 def model_classes() -> dict[str, type]:

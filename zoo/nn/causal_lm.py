@@ -49,6 +49,8 @@ INIT_STD = 0.02  # N(0, 0.02) for every Linear and the embedding, as Llama's ini
 CAUSAL_LM_SIZES: dict[str, dict[str, int]] = {
     "lm-tiny": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2),
+    "lm-tiny-6l": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=6, num_attention_heads=4,
+                       num_key_value_heads=2),
     "lm-small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                      num_key_value_heads=4),
     "lm-base": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
