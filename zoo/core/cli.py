@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "register": ("zoo.core.register", "fit a config, test it and ship its checkpoint in checkpoints/manifest.json"),
     "pretrained": ("zoo.core.registry", "list the shipped checkpoints with their metrics (or show one)"),
     "seeds": ("zoo.core.seeds", "fit and test one config under several seeds: mean +/- std of the metrics"),
+    "deal": ("zoo.deal.cli", "decoupled alignment: trace a teacher, ddmin-search and transplant its MLPs into a student"),
     "dp-strings": ("zoo.dp_strings.cli", "build / query a differentially private string-distance index (numpy only)"),
 }
 

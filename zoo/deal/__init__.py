@@ -7,11 +7,30 @@ Paper -> code:
   fine-tuned to refuse harmful requests while answering benign ones (``deal-aligned``) and an
   unaligned child fine-tuned on benign requests only (``deal-unaligned``): ``finetune.InstructionTune``
   on ``data_modules.instructions`` (templated requests, written for this project).
-- Metrics: ``metrics.is_refusal`` (the refusal detector), DSR, benign exact-match, over-refusal,
-  held-out text perplexity.
+- Where alignment lives: corrupt-and-restore causal tracing (``tracing.causal_trace``, ROME's
+  method) of attention, MLP and the MLP's gate / up / down projections, per layer and position.
+- Which modules to move: delta debugging (``ddmin.ddmin``) over layers, then projections.
+- The transplant ``student.model.layers[i].mlp <- teacher's`` (``transplant.transplant``), for the
+  zoo's LM and Hugging Face Llama-style models alike.
+- Metrics: ``metrics.is_refusal`` (the refusal detector), DSR, benign exact match, over-refusal,
+  held-out text perplexity; the experiment end to end: ``experiment.run_deal`` (``python -m zoo deal``).
 """
 
+from zoo.deal.ddmin import DDMinResult, ddmin
 from zoo.deal.finetune import InstructionTune
 from zoo.deal.metrics import answer_requests, behaviour_scores, is_refusal, text_perplexity
+from zoo.deal.tracing import TraceResult, causal_trace, plot_trace, token_probability
+from zoo.deal.transplant import (
+    changed_parameter_share,
+    decoder_layers,
+    format_site,
+    parse_site,
+    parse_sites,
+    site_parameter_names,
+    transplant,
+)
 
-__all__ = ["InstructionTune", "answer_requests", "behaviour_scores", "is_refusal", "text_perplexity"]
+__all__ = ["DDMinResult", "InstructionTune", "TraceResult", "answer_requests", "behaviour_scores",
+           "causal_trace", "changed_parameter_share", "ddmin", "decoder_layers", "format_site", "is_refusal",
+           "parse_site", "parse_sites", "plot_trace", "site_parameter_names", "text_perplexity",
+           "token_probability", "transplant"]
