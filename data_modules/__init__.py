@@ -9,8 +9,10 @@ from data_modules.complexes import ComplexDataModule
 from data_modules.digits import DigitsDataModule
 from data_modules.icl_tasks import ICLTaskDataModule
 from data_modules.image import ImageDataModule
+from data_modules.instructions import InstructionDataModule
 from data_modules.memories import MemoryDataModule
 from data_modules.mnist import MNISTDataModule, read_idx
+from data_modules.seq2seq import Seq2SeqDataModule
 from data_modules.subspace import SubspaceDataModule
 from data_modules.synthetic import SyntheticDataModule
 from data_modules.text import ByteTokenizer, TextDataModule
@@ -26,8 +28,10 @@ __all__ = [
     "EpochSampler",
     "ICLTaskDataModule",
     "ImageDataModule",
+    "InstructionDataModule",
     "MNISTDataModule",
     "MemoryDataModule",
+    "Seq2SeqDataModule",
     "SubspaceDataModule",
     "SyntheticDataModule",
     "TensorSet",

@@ -79,6 +79,7 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "CausalLMModule": lambda model, batch: model(batch["inputs"]),  # byte tokens -> next-token logits [B, T, vocab]
     "LoRAFineTune": lambda model, batch: model(batch["inputs"]),  # same, through the LoRA-adapted LM
     "PromptTuneLM": lambda model, batch: model(batch["inputs"]),  # same, read after the soft prompt
+    "InstructionTune": lambda model, batch: model(batch["inputs"]),  # request + response bytes -> logits
     # patches -> loop type logits [B, K, 20] on the loops noised at seeded timesteps, as its validation_step does
     "CoDesignDiffusion": lambda model, batch: model.denoise(batch, generator=torch.Generator().manual_seed(0))[2],
 }
@@ -229,6 +230,9 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
     "PromptTuneLM": (  # a soft prompt on the shipped lm-pydoc; its checkpoint holds the prompt only
         {"base": "lm-pydoc", "num_virtual_tokens": 2, "sample_tokens": 8},
         "TextDataModule", {"corpus": "stdlib_docstrings", "block_size": 16, "batch_size": 4}, None),
+    "InstructionTune": (  # every weight of the shipped lm-pydoc on templated requests (responses scored)
+        {"base": "lm-pydoc", "max_new_tokens": 2, "sample_tokens": 8},
+        "InstructionDataModule", {"refusals": True, "batch_size": 4}, None),
     "CoDesignDiffusion": (  # LM guidance from the shipped alignab-lm-oas (checkpoints/, in git); synthetic complexes
         {"size": "tiny", "num_steps": 5, "num_samples": 1, "num_designs": 1, "pack_side_chains": False},
         "ComplexDataModule", {"patch_size": 32, "design_cdrs": ["H1", "H2", "H3", "L1", "L2", "L3"],
