@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from zoo.dit.fast_attention_check import (
     attention_inputs,
     entry_statistics,
+    gradient_errors,
     layer_errors,
     polynomial_attention,
     scaled_exact_attention,
@@ -117,3 +118,31 @@ def test_swap_is_default_off_and_bit_identical():
     assert not torch.allclose(different, before)
     assert torch.equal(after, before)
     assert [len(b.attn._forward_hooks) + len(b.attn._forward_pre_hooks) for b in net.blocks] == hooks == [0, 0]
+
+
+def _loss(x, t, y):
+    target = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return lambda net: (net(x, t, y)[:, :x.shape[1]] - target).pow(2).mean()
+
+
+def test_exact_swap_gives_the_plain_autograd_gradient():
+    net = tiny_dit()
+    x, t, y = inputs()
+    loss = _loss(x, t, y)
+    params = list(net.parameters())
+    plain = torch.autograd.grad(loss(net), params)
+    with swapped_attention(net, scaled_exact_attention(1.0)):
+        swapped = torch.autograd.grad(loss(net), params)
+    assert all(torch.allclose(a, b, rtol=1e-9, atol=1e-12) for a, b in zip(plain, swapped))
+
+
+def test_gradient_errors_vanish_with_small_entries_and_grow_with_the_entry_bound():
+    net = tiny_dit().requires_grad_(False)
+    x, t, y = inputs()
+    small = gradient_errors(net, _loss(x, t, y), degree=6, multiplier=0.05)
+    assert set(small) >= {"attention", "mlp", "all", "block0.qkv", "block1.qkv"}
+    assert max(small.values()) < 1e-9, small
+    errors = [gradient_errors(net, _loss(x, t, y), degree=2, multiplier=m)["attention"] for m in (0.25, 1.0, 4.0)]
+    assert errors[0] < errors[1] < errors[2], errors
+    assert not any(p.requires_grad for p in net.parameters()), "flags restored"
+    assert errors[2] > 1e-2  # large entries: the degree-2 gradient is far off

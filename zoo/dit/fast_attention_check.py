@@ -29,6 +29,12 @@ Tools (plain torch, no Lightning):
   approximation error can be traced against the entry bound on a trained model's own activations.
 - :func:`layer_errors`: per layer, the relative error of the polynomial attention against exact
   attention on the same (scaled) ``q, k, v``.
+- :func:`gradient_errors`: the training side. The paper's almost-linear-time training rests on the
+  gradient of the attention being computable through the same low-rank (polynomial-feature)
+  factorisation; the gradient it yields is the gradient of the model whose attentions are the
+  polynomial approximation. So the error that criterion allows is measured as the relative error of
+  ``d loss / d theta`` with every attention swapped to the polynomial version, against the same
+  gradient with exact attention (both at multiplier ``m``, float64), per parameter group.
 """
 
 from __future__ import annotations
@@ -144,3 +150,40 @@ def layer_errors(net: DiT, x: Tensor, t: Tensor, y: Tensor | None, degree: int,
         rows.append(dict(rel_error=float(diff.norm() / exact.norm()),
                          max_error=float(diff.abs().max() / exact.abs().max()), max_score=score))
     return rows
+
+
+def gradient_errors(net: DiT, loss_fn: Callable[[DiT], Tensor], degree: int,
+                    multiplier: float) -> dict[str, float]:
+    """Relative errors ``||g~ - g|| / ||g||`` of the gradient of ``loss_fn(net)`` (a scalar) with every
+    attention swapped to the polynomial one of ``degree`` (``g~``) against exact attention (``g``),
+    both on ``m q, m k, v`` in float64 (module docstring). Keys: ``"attention"`` (every block's
+    ``qkv`` and ``proj``), ``"mlp"``, ``"all"`` (every parameter that gets a gradient), and
+    ``"block{i}.qkv"`` per block. The network's ``requires_grad`` flags are left as they were."""
+
+    def gradient(fn: AttentionFn) -> dict[str, Tensor]:
+        params = {name: p for name, p in net.named_parameters()}
+        flags = {name: p.requires_grad for name, p in params.items()}
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            with torch.enable_grad(), swapped_attention(net, fn):
+                grads = torch.autograd.grad(loss_fn(net), list(params.values()), allow_unused=True)
+        finally:
+            for name, p in params.items():
+                p.requires_grad_(flags[name])
+        return {name: g.double() for name, g in zip(params, grads) if g is not None}
+
+    exact = gradient(scaled_exact_attention(multiplier))
+    approx = gradient(polynomial_attention(degree, multiplier))
+
+    def rel(names: list[str]) -> float:
+        num = math.sqrt(sum(float((approx[n] - exact[n]).pow(2).sum()) for n in names))
+        den = math.sqrt(sum(float(exact[n].pow(2).sum()) for n in names))
+        return num / den if den > 0 else 0.0
+
+    blocks = [n for n in exact if n.startswith("blocks.")]
+    groups = {"attention": [n for n in blocks if ".attn." in n], "mlp": [n for n in blocks if ".mlp." in n],
+              "all": list(exact)}
+    for i in range(len(net.blocks)):
+        groups[f"block{i}.qkv"] = [n for n in exact if n.startswith(f"blocks.{i}.attn.qkv")]
+    return {key: rel(names) for key, names in groups.items() if names}
