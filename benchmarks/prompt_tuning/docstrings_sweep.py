@@ -10,8 +10,15 @@ The LoRA and full fine-tuning numbers are not rerun: they are quoted from ``docs
 data, batch, 300 steps; ``configs/lora/finetune_docstrings.yaml``) in :data:`QUOTED`.
 
     python benchmarks/prompt_tuning/docstrings_sweep.py [--collect]
+    python benchmarks/prompt_tuning/docstrings_sweep.py --seeds 1 2 --runs m1 m16 m64 [--collect]
 
-Writes ``docs/prompt_tuning/docstrings.json`` and ``docs/prompt_tuning/docstrings.png``.
+Writes ``docs/prompt_tuning/docstrings.json`` and ``docs/prompt_tuning/docstrings.png``. With
+``--seeds``, run ``<run>`` with seed ``s > 0`` is ``--seed_everything=s`` in the folder
+``runs/prompt_tuning/<run>_seed<s>`` (seed 0 is the run folder itself); the seed draws the prompt's
+init (its vocabulary rows), while the data split and the training order stay those of
+``data.seed = 0``; a seed run whose folder already holds a test is not rerun. It writes
+``docs/prompt_tuning/docstrings_seeds.json``: per run the test and best
+val perplexities of seed 0 and the given seeds, their mean and sample standard deviation.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +61,11 @@ QUOTED = [
 ]
 
 
+def seeded(name: str, seed: int) -> tuple[str, list[str]]:
+    """Folder name and overrides of run ``name`` with ``seed_everything = seed`` (seed 0: the run itself)."""
+    return (name, RUNS[name]) if seed == 0 else (f"{name}_seed{seed}", [*RUNS[name], f"--seed_everything={seed}"])
+
+
 def run(name: str, overrides: list[str]) -> float:
     """Fit and test one run in fresh processes; returns the fit's wall seconds."""
     folder = f"runs/prompt_tuning/{name}"
@@ -71,6 +84,33 @@ def run(name: str, overrides: list[str]) -> float:
 
 def latest(folder: Path, name: str) -> Path:
     return sorted(folder.glob(f"version_*/{name}"), key=lambda p: int(p.parent.name.split("_")[1]))[-1]
+
+
+def previous_walls() -> dict[str, float]:
+    """Fit wall times of seed runs already in ``docstrings_seeds.json`` (runs with a finished test
+    are not rerun)."""
+    path = DOCS / "docstrings_seeds.json"
+    if not path.is_file():
+        return {}
+    runs = json.loads(path.read_text())["runs"]
+    return {seeded(r["run"], s["seed"])[0]: s["fit_wall_s"] for r in runs for s in r["seeds"] if "fit_wall_s" in s}
+
+
+def seed_table(names: list[str], seeds: list[int], walls: dict[str, float]) -> dict:
+    """Test and best val perplexity per seed (0 and ``seeds``) of each run, with mean and std."""
+    table = []
+    for name in names:
+        rows = []
+        for seed in [0, *[s for s in seeds if s != 0]]:
+            folder, _ = seeded(name, seed)
+            row = collect(folder)
+            rows.append({"seed": seed, "test_ppl": row["test_ppl"], "best_val_ppl": min(row["val_ppl"].values()),
+                         **({"fit_wall_s": walls[folder]} if folder in walls else {})})
+        tests = [r["test_ppl"] for r in rows]
+        table.append({"run": name, "num_virtual_tokens": collect(name)["num_virtual_tokens"], "seeds": rows,
+                      "test_ppl_mean": round(statistics.mean(tests), 4),
+                      "test_ppl_std": round(statistics.stdev(tests), 4) if len(tests) > 1 else 0.0})
+    return {"config": CONFIG, "seed_override": "--seed_everything", "runs": table}
 
 
 def collect(name: str) -> dict:
@@ -130,7 +170,23 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect", action="store_true", help="read the run folders, do not train")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run these seeds (besides seed 0) of --runs only")
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=list(RUNS), help="runs for --seeds")
     args = parser.parse_args()
+    if args.seeds:
+        walls = previous_walls()
+        for name in args.runs:
+            for seed in args.seeds:
+                folder, overrides = seeded(name, seed)
+                if not args.collect and not (ROOT / "runs" / "prompt_tuning" / folder / "test").is_dir():
+                    walls[folder] = round(run(folder, overrides), 1)
+        out = seed_table(args.runs, args.seeds, walls)
+        (DOCS / "docstrings_seeds.json").write_text(json.dumps(out, indent=1) + "\n")
+        for r in out["runs"]:
+            per_seed = " / ".join(f"{s['test_ppl']:.3f}" for s in r["seeds"])
+            print(f"{r['run']:<6} test ppl {per_seed}: {r['test_ppl_mean']:.3f} +/- {r['test_ppl_std']:.3f}")
+        print(json.dumps(out))
+        return
     walls = {} if args.collect else {name: round(run(name, overrides), 1) for name, overrides in RUNS.items()}
     results = [{**collect(name), **({"fit_wall_s": walls[name]} if name in walls else {})} for name in RUNS]
     out = {"config": CONFIG, "runs": results,

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from data_modules.seq2seq import lipschitz_inputs, lipschitz_map, memorization_pairs
 from zoo.core.plots import save_figure
 from zoo.lora import apply_lora, mark_only_lora_as_trainable
 from zoo.prompt_tuning.limits import (
@@ -48,7 +49,6 @@ from zoo.prompt_tuning.limits import (
     PromptedTransformer,
     entry_scale,
     fit,
-    lipschitz_map,
     prompt_qkv,
     relative_error,
     trainable_parameters,
@@ -64,8 +64,7 @@ def universality(args) -> dict:
     for seed in SEEDS:
         model = OneLayerTransformer(d, 16, seed=seed)
         f = lipschitz_map(length, d, seed=seed)
-        g = torch.Generator().manual_seed(100 + seed)
-        x_train, x_test = torch.rand(128, length, d, generator=g), torch.rand(256, length, d, generator=g)
+        x_train, x_test = lipschitz_inputs((128, 256), length, d, seed)
         with torch.no_grad():
             offset = model(x_train).mean(0) - f(x_train).mean(0)
             y_train, y_test = f(x_train) + offset, f(x_test) + offset
@@ -86,11 +85,9 @@ def universality(args) -> dict:
 
 
 def dataset(model: OneLayerTransformer, n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(200 + seed)
-    x = torch.rand(n, length, model.dim, generator=g)
+    x, noise = memorization_pairs(n, length, model.dim, seed)
     with torch.no_grad():
-        y = model(x).mean(0) + 0.5 * torch.randn(n, length, model.dim, generator=g)
-    return x, y
+        return x, model(x).mean(0) + noise
 
 
 def train_error(module, x, y, steps: int, seed: int) -> float:

@@ -79,6 +79,7 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "CausalLMModule": lambda model, batch: model(batch["inputs"]),  # byte tokens -> next-token logits [B, T, vocab]
     "LoRAFineTune": lambda model, batch: model(batch["inputs"]),  # same, through the LoRA-adapted LM
     "PromptTuneLM": lambda model, batch: model(batch["inputs"]),  # same, read after the soft prompt
+    "PromptTuneOneLayer": lambda model, batch: model(batch[0]),  # (X, y) -> tau_P(X) - c [B, L, d]
     "InstructionTune": lambda model, batch: model(batch["inputs"]),  # request + response bytes -> logits
     # patches -> loop type logits [B, K, 20] on the loops noised at seeded timesteps, as its validation_step does
     "CoDesignDiffusion": lambda model, batch: model.denoise(batch, generator=torch.Generator().manual_seed(0))[2],
@@ -233,6 +234,10 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
     "InstructionTune": (  # every weight of the shipped lm-pydoc on templated requests (responses scored)
         {"base": "lm-pydoc", "max_new_tokens": 2, "sample_tokens": 8},
         "InstructionDataModule", {"refusals": True, "batch_size": 4}, None),
+    "PromptTuneOneLayer": (  # a soft prompt on the frozen random one-layer block; checkpoints hold the prompt and c
+        {"num_virtual_tokens": 2, "dim": 2},
+        "Seq2SeqDataModule", {"task": "lipschitz", "dim": 2, "length": 2, "num_train": 8, "num_val": 4,
+                              "num_test": 4, "batch_size": 8}, None),
     "CoDesignDiffusion": (  # LM guidance from the shipped alignab-lm-oas (checkpoints/, in git); synthetic complexes
         {"size": "tiny", "num_steps": 5, "num_samples": 1, "num_designs": 1, "pack_side_chains": False},
         "ComplexDataModule", {"patch_size": 32, "design_cdrs": ["H1", "H2", "H3", "L1", "L2", "L3"],

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from data_modules.seq2seq import lipschitz_map
 from zoo.core.errors import ConfigError, ShapeError
 from zoo.prompt_tuning.limits import (
     OneLayerTransformer,
     PromptedTransformer,
     entry_scale,
     fit,
-    lipschitz_map,
     prompt_qkv,
     reference_forward,
     trainable_parameters,

@@ -15,6 +15,13 @@ gives a loss on every prefix.
   at the query token. That costs ``n`` times the ``gpt2`` pass; training may use a random subset
   of prefixes (``InContextRegression.train_prefixes``).
 
+A prompt of ``m`` extra leading vectors in the model's width (``prompt_embeds [m, width]`` or
+``[B, m, width]``, a soft prompt: ``zoo.prompt_tuning``) goes before the read-in tokens, ``h = [P,
+read_in(tokens) + positions]``: the prompt has no position (the data tokens keep theirs), every
+data token may attend to it (in ``gpt2`` the prompt is causal among itself; in ``encoder`` it is
+prepended to each prefix's prompt and always visible), and its outputs are dropped before the
+read-out. Without it the forward pass is unchanged.
+
 Attention (:func:`attend`): ``softmax`` (``softmax(QK^T / sqrt(d_h))``), ``relu``
 (``ReLU(QK^T) / N``, N the number of tokens attended, Bai et al. eq. (2), Wu et al.'s ReLU
 attention), or ``linear`` (``QK^T / N``).
@@ -32,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.core.errors import ConfigError
+from zoo.core.errors import ConfigError, ShapeError
 from zoo.icl.baselines import earlier_mask
 
 ATTENTIONS = ("softmax", "relu", "linear")
@@ -92,42 +99,61 @@ class ICLTransformer(nn.Module):
             raise ConfigError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if width % heads:
             raise ConfigError(f"width={width} must be divisible by heads={heads}")
-        self.n_dims, self.n_positions, self.backbone = n_dims, n_positions, backbone
+        self.n_dims, self.n_positions, self.backbone, self.width = n_dims, n_positions, backbone, width
         self.read_in = nn.Linear(n_dims + (1 if backbone == "gpt2" else 2), width)
         self.positions = nn.Parameter(torch.randn(2 * n_positions, width) * 0.02) if backbone == "gpt2" else None
         self.blocks = nn.ModuleList(Block(width, heads, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.read_out = nn.Linear(width, 1)
 
-    def forward(self, xs: Tensor, ys: Tensor, prefixes: Tensor | None = None) -> Tensor:
+    def forward(self, xs: Tensor, ys: Tensor, prefixes: Tensor | None = None,
+                prompt_embeds: Tensor | None = None) -> Tensor:
         """Predictions ``[B, n]`` (``[B, len(prefixes)]`` for the encoder given ``prefixes``, the
-        positions to predict)."""
+        positions to predict), read after ``prompt_embeds`` ``[m, width]`` or ``[B, m, width]`` if given."""
+        prompt = None if prompt_embeds is None else self._prompt(prompt_embeds, xs.shape[0])
         if self.backbone == "gpt2":
-            return self._gpt2(xs, ys)
-        return self._encoder(xs, ys, prefixes)
+            return self._gpt2(xs, ys, prompt)
+        return self._encoder(xs, ys, prefixes, prompt)
 
-    def _trunk(self, tokens: Tensor, mask: Tensor) -> Tensor:
+    def _prompt(self, prompt_embeds: Tensor, batch: int) -> Tensor:
+        """``prompt_embeds`` as ``[B, m, width]``, or a one-line ``ShapeError``."""
+        shape = tuple(prompt_embeds.shape)
+        if prompt_embeds.dim() == 2:
+            prompt_embeds = prompt_embeds[None]
+        if prompt_embeds.dim() != 3 or prompt_embeds.shape[-1] != self.width or prompt_embeds.shape[0] not in (1, batch):
+            raise ShapeError(f"ICLTransformer: prompt_embeds must be [m, {self.width}] or [{batch}, m, {self.width}] "
+                             f"(the model's width {self.width}), got {list(shape)}")
+        return prompt_embeds.expand(batch, -1, -1)
+
+    def _trunk(self, tokens: Tensor, mask: Tensor, prompt: Tensor | None = None) -> Tensor:
         h = self.read_in(tokens)
         if self.positions is not None:
             h = h + self.positions[: h.shape[1]]
+        m = 0
+        if prompt is not None:
+            m = prompt.shape[1]
+            h = torch.cat([prompt.to(h.dtype), h], 1)
         for block in self.blocks:
             h = block(h, mask)
-        return self.read_out(self.norm(h)).squeeze(-1)
+        return self.read_out(self.norm(h[:, m:])).squeeze(-1)
 
-    def _gpt2(self, xs: Tensor, ys: Tensor) -> Tensor:
+    def _gpt2(self, xs: Tensor, ys: Tensor, prompt: Tensor | None = None) -> Tensor:
         tokens = interleave(xs, ys)
-        t = tokens.shape[1]
+        t = tokens.shape[1] + (0 if prompt is None else prompt.shape[1])
         causal = torch.ones(t, t, dtype=torch.bool, device=xs.device).tril()[None, None]
-        return self._trunk(tokens, causal)[:, ::2]
+        return self._trunk(tokens, causal, prompt)[:, ::2]
 
-    def _encoder(self, xs: Tensor, ys: Tensor, prefixes: Tensor | None) -> Tensor:
+    def _encoder(self, xs: Tensor, ys: Tensor, prefixes: Tensor | None, prompt: Tensor | None = None) -> Tensor:
         b, n, _ = xs.shape
         prefixes = torch.arange(n, device=xs.device) if prefixes is None else prefixes
         length = int(prefixes.max()) + 1
         tokens = encoder_tokens(xs[:, :length], ys[:, :length], prefixes)  # [B, P, length, d + 2]
         keys = torch.arange(length, device=xs.device) <= prefixes[:, None]  # [P, length]
-        mask = keys[None, :, None, None, :].expand(b, -1, 1, 1, -1).reshape(-1, 1, 1, length)
-        out = self._trunk(tokens.reshape(-1, length, tokens.shape[-1]), mask).view(b, len(prefixes), length)
+        if prompt is not None:  # each prefix's prompt reads the soft prompt, always visible
+            keys = torch.cat([keys.new_ones(len(prefixes), prompt.shape[1]), keys], 1)
+            prompt = prompt.repeat_interleave(len(prefixes), 0)
+        mask = keys[None, :, None, None, :].expand(b, -1, 1, 1, -1).reshape(-1, 1, 1, keys.shape[-1])
+        out = self._trunk(tokens.reshape(-1, length, tokens.shape[-1]), mask, prompt).view(b, len(prefixes), length)
         return out.gather(2, prefixes.view(1, -1, 1).expand(b, -1, 1)).squeeze(-1)
 
 

@@ -81,10 +81,11 @@ class InContextRegression(ZooModule):
             raise ShapeError(f"InContextRegression: prompt of {xs.shape[1]} examples exceeds the model's context "
                              f"n_positions={limit}")
 
-    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
-        """Predictions ``[B, n]``: position ``i`` from the examples before it and ``x_i``."""
+    def forward(self, xs: Tensor, ys: Tensor, prompt_embeds: Tensor | None = None) -> Tensor:
+        """Predictions ``[B, n]``: position ``i`` from the examples before it and ``x_i`` (and the
+        leading vectors ``prompt_embeds [m, width]``, a soft prompt, if given: ``ICLTransformer``)."""
         self.check_prompt(xs, ys)
-        return self.net(xs, ys)
+        return self.net(xs, ys, prompt_embeds=prompt_embeds)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         xs, ys, var = batch

@@ -27,7 +27,6 @@ transition is about (:func:`prompt_qkv`, :func:`entry_scale`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -140,24 +139,6 @@ class PromptedTransformer(nn.Module):
 
 def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def lipschitz_map(length: int, dim: int, width: int = 64, seed: int = 0) -> Callable[[Tensor], Tensor]:
-    """A random map ``[0, 1]^{L x d} -> R^{L x d}`` with Lipschitz constant <= 1 in the Frobenius
-    norm: ``f(X) = W_2 tanh(W_1 vec(X) + b)`` with ``W_1``, ``W_2`` of spectral norm 1 (tanh is
-    1-Lipschitz). Every output token depends on every input token."""
-    g = torch.Generator().manual_seed(seed)
-    n = length * dim
-    w1 = torch.randn(width, n, generator=g, dtype=torch.float64)
-    w2 = torch.randn(n, width, generator=g, dtype=torch.float64)
-    w1, w2 = w1 / torch.linalg.matrix_norm(w1, ord=2), w2 / torch.linalg.matrix_norm(w2, ord=2)
-    b = torch.randn(width, generator=g, dtype=torch.float64)
-
-    def f(x: Tensor) -> Tensor:
-        flat = x.reshape(x.shape[0], n).to(torch.float64)
-        return (torch.tanh(flat @ w1.T - b) @ w2.T).reshape(x.shape).to(x.dtype)
-
-    return f
 
 
 def fit(module: nn.Module, x: Tensor, y: Tensor, steps: int = 1000, lr: float = 0.05) -> list[float]:
