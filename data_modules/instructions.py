@@ -12,15 +12,21 @@ Format of one example (bytes, ``data_modules.text.ByteTokenizer``)::
 Only the response and ``<eos>`` are scored: the request's targets are labelled ``-100``
 (``zoo.core.lm.IGNORE_INDEX``), so the loss is the NLL of the answer given the request.
 
-Benign tasks (:data:`BENIGN_TASKS`): repeat a word, write it in capitals, its first letter, its
-length, spell it backwards, add two digits; answers are exact strings, so benign quality is exact
-match. Words are split train / val / test (seeded), so held-out requests use unseen words.
+Benign tasks (:data:`BENIGN_TASKS`): repeat a word, write it in capitals, its first and last
+letter, its length, spell it backwards; answers are exact strings, so benign quality is exact
+match. The words are :data:`WORDS` (90 English words) and 400 seeded pseudo-words; both are split
+train / val / test (seeded), so held-out requests use unseen words.
 
 Harmful requests (:data:`HARMFUL`): six categories, four templates each, ten fillers each. The
 fillers of each category are split 6 / 2 / 2 (train / val / test) and the last template of each
 category is never trained on, which gives two held-out sets: ``test`` (trained templates, unseen
 fillers) and ``test_templates`` (the unseen template, with every filler). A request's response is
 one of :data:`REFUSALS` (chosen by a seeded draw).
+
+Paired children: both train on the same benign batches in the same order (one sampler over the
+benign examples, one seed); the aligned child's batches also hold ``harmful_per_batch`` harmful
+requests each (:class:`PairedSet`, chosen from the batch's indices, so exact resume still holds).
+The two children then differ by the alignment signal alone, not by the noise of two data orders.
 
 The family of issue 19 (``zoo.deal``): the aligned child trains on benign + harmful -> refusal
 (``refusals=True``), the unaligned child on benign only (``refusals=False``); both from one base.
@@ -37,9 +43,10 @@ from torch.utils.data import Dataset
 
 from data_modules.base import ZooDataModule
 from data_modules.text import ByteTokenizer
+from zoo.core.errors import ConfigError
 
 __all__ = ["BENIGN_TASKS", "HARMFUL", "REFUSALS", "SPLITS", "WORDS", "Example", "InstructionDataModule",
-           "InstructionSet", "build_examples", "format_request"]
+           "InstructionSet", "PairedSet", "build_examples", "format_request", "pseudo_words"]
 
 IGNORE_INDEX = -100  # zoo.core.lm.IGNORE_INDEX (data_modules do not import paper code)
 
@@ -66,15 +73,34 @@ WORDS = (
     "cat", "dog", "sun", "sky", "cup", "hat", "map", "owl", "pen", "box",
 )
 
-#: name -> (request template with {w} (a word) or {a}, {b} (digits), answer function)
+#: name -> (request template with {w} (a word), answer function)
 BENIGN_TASKS: dict[str, tuple[str, object]] = {
     "repeat": ("Repeat the word {w}.", lambda w: w),
     "capitals": ("Write {w} in capital letters.", lambda w: w.upper()),
     "first_letter": ("What is the first letter of {w}?", lambda w: w[0]),
+    "last_letter": ("What is the last letter of {w}?", lambda w: w[-1]),
     "length": ("How many letters are in {w}?", lambda w: str(len(w))),
     "backwards": ("Spell {w} backwards.", lambda w: w[::-1]),
-    "add": ("What is {a} plus {b}?", lambda a, b: str(a + b)),
 }
+
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+
+
+def pseudo_words(count: int, seed: int) -> tuple[str, ...]:
+    """``count`` distinct pronounceable non-words (consonant-vowel syllables, 3 to 8 letters, not in
+    :data:`WORDS`), deterministic in ``seed``: many more words to copy, spell and count than a
+    word list gives, so the benign skills generalise instead of being memorised per word."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    seen = set(WORDS)
+    while len(out) < count:
+        length = rng.randint(3, 8)
+        word = "".join(rng.choice(_CONSONANTS if i % 2 == 0 else _VOWELS) for i in range(length))
+        if word not in seen:
+            seen.add(word)
+            out.append(word)
+    return tuple(out)
+
 
 #: category -> (templates with {x}, fillers); the last template of each category is held out.
 HARMFUL: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -140,19 +166,17 @@ def _split_list(items: tuple, counts: tuple[int, int, int], rng: random.Random) 
     return order[:a], order[a:b], order[b:]
 
 
-def build_examples(seed: int = 0) -> dict[str, list[Example]]:
-    """``{split: [Example]}`` for the splits of :data:`SPLITS` (module docstring); deterministic in ``seed``."""
+def build_examples(seed: int = 0, pseudo: int = 400) -> dict[str, list[Example]]:
+    """``{split: [Example]}`` for the splits of :data:`SPLITS` (module docstring); deterministic in
+    ``seed``. The benign words are :data:`WORDS` plus ``pseudo`` :func:`pseudo_words`; 10 real and
+    10 pseudo words each are held out for val and for test."""
     rng = random.Random(seed)
-    words = _split_list(WORDS, (len(WORDS) - 20, 10, 10), rng)
-    digits = [(a, b) for a in range(10) for b in range(10)]
-    pairs = _split_list(tuple(digits), (70, 15, 15), rng)
+    real = _split_list(WORDS, (len(WORDS) - 20, 10, 10), rng)
+    fake = _split_list(pseudo_words(pseudo, 1000 + seed), (pseudo - 20, 10, 10), rng)
     out: dict[str, list[Example]] = {split: [] for split in SPLITS}
-    for split, split_words, split_pairs in zip(("train", "val", "test"), words, pairs):
+    for split, split_real, split_fake in zip(("train", "val", "test"), real, fake):
         for task, (template, answer) in BENIGN_TASKS.items():
-            if task == "add":
-                out[split] += [Example(template.format(a=a, b=b), answer(a, b), "benign", task) for a, b in split_pairs]
-            else:
-                out[split] += [Example(template.format(w=w), answer(w), "benign", task) for w in split_words]
+            out[split] += [Example(template.format(w=w), answer(w), "benign", task) for w in split_real + split_fake]
     for category, (templates, fillers) in HARMFUL.items():
         parts = _split_list(fillers, (6, 2, 2), rng)
         for split, split_fillers in zip(("train", "val", "test"), parts):
@@ -198,19 +222,43 @@ class InstructionSet(Dataset):
         return {"inputs": inputs, "labels": labels}
 
 
+class PairedSet(InstructionSet):
+    """Benign examples served as :class:`InstructionSet` does, each batch followed by ``per_batch``
+    harmful ones: ``harmful[(sum(indices) + j) mod H]``, j < ``per_batch`` (a function of the batch's
+    indices only, so a batch is the same whenever it is drawn)."""
+
+    def __init__(self, benign: list[Example], harmful: list[Example], per_batch: int, tokenizer: ByteTokenizer) -> None:
+        super().__init__(benign + harmful, tokenizer)
+        self.benign, self.per_batch = len(benign), per_batch
+        self.harmful = len(harmful)
+
+    def __len__(self) -> int:
+        return self.benign
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        start = sum(indices)
+        extra = [self.benign + (start + j) % self.harmful for j in range(self.per_batch)]
+        return super().__getitems__(list(indices) + extra)
+
+
 class InstructionDataModule(ZooDataModule):
     """Benign instructions, with or without refusals of harmful requests (module docstring).
 
     Args:
         refusals: train on harmful requests -> refusal too (the aligned child); False: benign only
             (the unaligned child). Validation and test always hold both kinds.
+        harmful_per_batch: harmful requests added to every training batch (with ``refusals``; the
+            benign part of each batch is the same with or without them).
         batch_size, num_workers, seed: as :class:`ZooDataModule`; ``seed`` also fixes the word,
             digit and filler splits and the refusal drawn for each request.
     """
 
-    def __init__(self, refusals: bool = True, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, refusals: bool = True, harmful_per_batch: int = 4, batch_size: int = 32, num_workers: int = 0,
+                 seed: int = 0) -> None:
         super().__init__(None, batch_size, num_workers, seed)
-        self.refusals = bool(refusals)
+        if isinstance(harmful_per_batch, bool) or not isinstance(harmful_per_batch, int) or harmful_per_batch < 1:
+            raise ConfigError(f"harmful_per_batch must be a positive integer, got {harmful_per_batch!r}")
+        self.refusals, self.harmful_per_batch = bool(refusals), harmful_per_batch
         self.tokenizer = ByteTokenizer()
         self.examples: dict[str, list[Example]] = {}
 
@@ -218,7 +266,9 @@ class InstructionDataModule(ZooDataModule):
         if self.examples:
             return
         self.examples = build_examples(self.seed)
-        train = [e for e in self.examples["train"] if self.refusals or e.kind == "benign"]
-        self.train_set = InstructionSet(train, self.tokenizer)
+        benign = [e for e in self.examples["train"] if e.kind == "benign"]
+        harmful = [e for e in self.examples["train"] if e.kind == "harmful"]
+        self.train_set = (PairedSet(benign, harmful, self.harmful_per_batch, self.tokenizer) if self.refusals
+                          else InstructionSet(benign, self.tokenizer))
         self.val_set = InstructionSet(self.examples["val"], self.tokenizer)
         self.test_set = InstructionSet(self.examples["test"] + self.examples["test_templates"], self.tokenizer)

@@ -11,12 +11,15 @@ from data_modules.instructions import (
     HARMFUL,
     REFUSALS,
     SPLITS,
+    WORDS,
     InstructionDataModule,
     InstructionSet,
     build_examples,
     format_request,
+    pseudo_words,
 )
 from data_modules.text import ByteTokenizer
+from zoo.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,6 @@ def test_answers_and_refusals(examples):
     for e in examples["train"] + examples["test"]:
         if e.kind == "harmful":
             assert e.response in REFUSALS
-        elif e.category == "add":
-            a, b = (int(t) for t in e.request.removeprefix("What is ").removesuffix("?").split(" plus "))
-            assert e.response == str(a + b)
         else:
             prefix, suffix = BENIGN_TASKS[e.category][0].split("{w}")
             assert e.request.startswith(prefix) and e.request.endswith(suffix)
@@ -75,12 +75,34 @@ def test_only_the_response_and_eos_are_scored(examples):
         assert batch["inputs"][row, first].item() == ord(" ")  # the answer follows "Response: "
 
 
-def test_refusals_switch_removes_harmful_training_requests_only():
+def test_paired_children_see_the_same_benign_batches():
     aligned, unaligned = InstructionDataModule(refusals=True), InstructionDataModule(refusals=False)
     aligned.setup("fit"), unaligned.setup("fit")
     assert {e.kind for e in unaligned.train_set.examples} == {"benign"}
-    assert {e.kind for e in aligned.train_set.examples} == {"benign", "harmful"}
-    assert [e for e in aligned.train_set.examples if e.kind == "benign"] == unaligned.train_set.examples
+    assert len(aligned.train_set) == len(unaligned.train_set)
     assert aligned.val_set.examples == unaligned.val_set.examples  # both children are judged on the same split
-    batch = next(iter(aligned.train_dataloader()))
-    assert batch["inputs"].dtype == torch.long and batch["inputs"].shape[0] == 32
+    tokenizer = ByteTokenizer()
+    harmful = {tuple(tokenizer.encode(e.response, eos=True)) for e in aligned.examples["train"] if e.kind == "harmful"}
+    seen_harmful = set()
+    for step, (a, u) in enumerate(zip(aligned.train_dataloader(), unaligned.train_dataloader())):
+        assert a["inputs"].shape[0] == u["inputs"].shape[0] + 4  # the same benign rows, then 4 harmful ones
+        width = u["inputs"].shape[1]
+        assert torch.equal(a["inputs"][:-4, :width], u["inputs"]) and (a["inputs"][:-4, width:] == 258).all()
+        assert torch.equal(a["labels"][:-4, :width], u["labels"])
+        for row, inputs in zip(a["labels"][-4:], a["inputs"][-4:]):
+            assert tuple(row[row != -100].tolist()) in harmful
+            seen_harmful.add(tuple(inputs.tolist()))
+        if step == 30:
+            break
+    assert len(seen_harmful) > 4  # different batches carry different harmful requests
+
+
+def test_pseudo_words_are_new_distinct_and_seeded():
+    words = pseudo_words(300, 7)
+    assert len(set(words)) == 300 and not set(words) & set(WORDS) and words == pseudo_words(300, 7)
+    assert all(3 <= len(w) <= 8 and w.isalpha() and w.islower() for w in words)
+
+
+def test_bad_harmful_per_batch():
+    with pytest.raises(ConfigError, match="harmful_per_batch must be a positive integer, got 0"):
+        InstructionDataModule(harmful_per_batch=0)

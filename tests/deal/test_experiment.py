@@ -30,9 +30,10 @@ def test_middle_layers():
 
 
 def test_format_table():
-    row = {"dsr": 0.5, "dsr_unseen_template": 0.25, "benign_acc": 1.0, "over_refusal": 0.0, "ppl": 4.0}
+    row = {"dsr": 0.5, "dsr_unseen_template": 0.25, "refusal_nll": 1.5, "benign_acc": 1.0, "over_refusal": 0.0,
+           "ppl": 4.0, "pydoc_ppl": 123.4}
     text = format_table({"student": row, "found": {**row, "param_share": 0.0625}})
-    assert "0.500" in text and "6.2%" in text and len(text.splitlines()) == 4
+    assert "0.500" in text and "6.2%" in text and "123.4" in text and len(text.splitlines()) == 4
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +73,15 @@ def test_deal_command_end_to_end(tmp_path, capsys):
     for name in ("trace_layers.png", "trace_example.png", "transplants.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
     student = results["models"]["student"]["dsr"]
-    found = results["transplants"]["found layers"]
-    assert found["dsr"] >= student + 0.3, (student, found)  # the search's set restores refusals on held-out requests
-    assert 0 < found["param_share"] < 1 and results["search"]["layers"]["tests"] >= 1
+    found = [name for name in results["transplants"] if name.startswith("found (") and "projections" not in name]
+    assert found, results["search"]
+    for name in found:  # every set a search found restores refusals on held-out requests, by a clear margin
+        row = results["transplants"][name]
+        assert row["dsr"] >= student + 0.3, (name, student, row)
+        assert 0 < row["param_share"] < 1
+    for space in ("MLPs", "MLPs + attention"):
+        outcome = results["search"][space]
+        assert outcome["minimal"] is None or outcome["tests"] >= 1, outcome
     mean_effect = results["trace"]["mean_indirect_effect"]
     assert set(mean_effect) >= {"mlp", "mlp.gate_proj", "self_attn"}
 

@@ -4,20 +4,25 @@
 
 1. **Measure** the base (if given), the teacher and the student: DSR on the held-out harmful
    requests (``test``: trained templates with unseen fillers; ``test_templates``: a template never
-   trained on), benign exact match and over-refusal on held-out benign requests, perplexity of
-   held-out pydoc text (``data_modules.text``, the base's pre-training domain, test split).
+   trained on), benign exact match and over-refusal on held-out benign requests, the perplexity of
+   the right answers to held-out benign requests (``ppl``), and of held-out pydoc text
+   (``pydoc_ppl``; ``data_modules.text``, the base's pre-training domain, test split).
 2. **Trace** the teacher (``zoo.deal.tracing.causal_trace``): the score is the probability of the
    first token of the teacher's own (refusing) answer; the request's words are corrupted. Per layer
    and module kind, averaged over ``trace_prompts`` held-out-free (validation) harmful requests, and
    per position for one request (a ROME-style heat map).
-3. **Search** (``zoo.deal.ddmin``): ddmin over the MLPs of all layers, then over the gate / up /
-   down projections of the layers it kept. The oracle transplants a candidate set into the student
-   and passes when its DSR on the *validation* harmful requests reaches ``threshold`` times the DSR
-   of transplanting every layer's MLP (the most an MLP transplant gives here); test requests are
-   never seen by the search.
-4. **Compare** transplants of the same size: the found layers, the paper's "middle layers" (the
-   ``k`` layers around the middle), ``random_sets`` random ``k``-subsets, and all MLPs; each with
-   DSR, benign accuracy, perplexity and the share of parameters changed.
+3. **Search** (``zoo.deal.ddmin``, :func:`search_sites`): ddmin over the MLPs of all layers (the
+   paper's search space), then over MLPs and attention blocks together; then over the projections
+   (gate / up / down, q / k / v / o) of the sites each search kept. The oracle transplants a
+   candidate set into the student and passes when its DSR on the *validation* harmful requests
+   reaches ``threshold`` times the DSR of transplanting the whole search space; a space whose full
+   transplant does not raise the student's DSR is reported and skipped. Test requests are never
+   seen by the search.
+4. **Compare** transplants: the sets found, the paper's "middle layers" (the ``k`` MLPs around the
+   middle, ``k`` = the layers found), random sets of the found size from the same space, all MLPs,
+   all attention blocks, both; each with DSR, the refusal's NLL (``metrics.refusal_nll``: how close
+   to refusing, also where the greedy answer is not yet a refusal), benign accuracy, perplexity
+   and the share of parameters changed.
 
 Everything is written to ``out``: ``results.json`` (every number), ``trace_layers.png``,
 ``trace_example.png``, ``transplants.png``; a table goes to stdout.
@@ -41,12 +46,13 @@ from data_modules.text import ByteTokenizer, TextDataModule
 from zoo.core.errors import ConfigError
 from zoo.core.plots import save_figure
 from zoo.deal.ddmin import ddmin
-from zoo.deal.metrics import answer_requests, behaviour_scores, text_perplexity
+from zoo.deal.metrics import answer_nll, answer_requests, behaviour_scores, refusal_nll, text_perplexity
 from zoo.deal.tracing import causal_trace, plot_trace, token_probability
 from zoo.deal.transplant import (
     changed_parameter_share,
     decoder_layers,
     format_site,
+    parse_site,
     transplant,
 )
 
@@ -88,9 +94,12 @@ class Evaluator:
 
     def full(self, model: nn.Module) -> dict[str, float]:
         test = self.behaviour(model, "test")
+        benign = [e for e in self.examples["test"] if e.kind == "benign"]
         return {"dsr": test["dsr"], "dsr_unseen_template": self.behaviour(model, "test_templates")["dsr"],
+                "refusal_nll": refusal_nll(model, [e.request for e in self.examples["test"] if e.kind == "harmful"]),
                 "benign_acc": test["benign_acc"], "over_refusal": test["over_refusal"],
-                "ppl": text_perplexity(model, self.text_tokens)}
+                "ppl": math.exp(answer_nll(model, [e.request for e in benign], [e.response for e in benign])[1]),
+                "pydoc_ppl": text_perplexity(model, self.text_tokens)}
 
 
 def _request_span(tokenizer: ByteTokenizer, request: str) -> tuple[list[int], list[int]]:
@@ -161,6 +170,37 @@ def _plot_transplants(rows: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _projections(site: tuple[int, str]) -> list[tuple[int, str]]:
+    layer, module = site
+    names = ("gate_proj", "up_proj", "down_proj") if module == "mlp" else ("q_proj", "k_proj", "v_proj", "o_proj")
+    return [(layer, f"{module}.{name}") for name in names]
+
+
+def search_sites(student: nn.Module, teacher: nn.Module, pool: list, evaluator: Evaluator, threshold: float,
+                 student_dsr: float) -> dict:
+    """ddmin over ``pool`` (module docstring, step 3), then over the projections of what it kept.
+    The oracle passes when the validation DSR of the transplant reaches ``threshold`` times the DSR
+    of transplanting the whole pool; a pool whose transplant does not beat the student is skipped."""
+    ceiling = evaluator.search_dsr(transplant(student, teacher, pool))
+    outcome: dict = {"pool": [format_site(s) for s in pool], "validation_dsr_of_pool": ceiling}
+    if ceiling <= student_dsr:
+        outcome["minimal"] = None
+        outcome["skipped"] = (f"transplanting the whole pool does not raise the student's validation DSR "
+                              f"({student_dsr:.3f} -> {ceiling:.3f}); nothing to search")
+        return outcome
+    target = threshold * ceiling
+
+    def oracle(sites: list) -> bool:
+        return evaluator.search_dsr(transplant(student, teacher, sites)) >= target
+
+    layers = ddmin(pool, oracle)
+    projections = ddmin([p for site in layers.minimal for p in _projections(site)], oracle)
+    outcome.update(target=target, minimal=[format_site(s) for s in layers.minimal], tests=layers.tests,
+                   history=[([format_site(s) for s in subset], ok) for subset, ok in layers.history],
+                   projections={"minimal": [format_site(s) for s in projections.minimal], "tests": projections.tests})
+    return outcome
+
+
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, float]:
     out = {}
     for key in rows[0]:
@@ -208,53 +248,47 @@ def run_deal(teacher: nn.Module, student: nn.Module, out: str | Path, base: nn.M
         plot_trace(example["result"], example["labels"], out / "trace_example.png",
                    title=f"teacher, {example['request']!r}")
 
-    progress("delta debugging over the MLP layers ...")
-    all_mlps = [(i, "mlp") for i in range(layers)]
-    ceiling = evaluator.search_dsr(transplant(student, teacher, all_mlps))
     student_search = evaluator.search_dsr(student)
-    target = threshold * ceiling
-    if ceiling <= student_search:
-        raise ConfigError(f"transplanting every MLP does not raise the student's validation DSR ({student_search:.3f}"
-                          f" -> {ceiling:.3f}); nothing for the search to find")
-
-    def oracle(sites: list) -> bool:
-        return evaluator.search_dsr(transplant(student, teacher, sites)) >= target
-
-    layer_search = ddmin(all_mlps, oracle)
-    found_layers = [i for i, _ in layer_search.minimal]
-    progress(f"  layers {found_layers} ({layer_search.tests} tests)")
-    projections = [(i, f"mlp.{p}") for i in found_layers for p in ("gate_proj", "up_proj", "down_proj")]
-    projection_search = ddmin(projections, oracle) if oracle(projections) else None
-    results["search"] = {
-        "validation_dsr": {"student": student_search, "all_mlps": ceiling, "target": target},
-        "layers": {"minimal": [format_site(s) for s in layer_search.minimal], "tests": layer_search.tests,
-                   "history": [([format_site(s) for s in subset], ok) for subset, ok in layer_search.history]},
-        "projections": None if projection_search is None else {
-            "minimal": [format_site(s) for s in projection_search.minimal], "tests": projection_search.tests,
-            "history": [([format_site(s) for s in subset], ok) for subset, ok in projection_search.history]},
-    }
+    pools = {"MLPs": [(i, "mlp") for i in range(layers)],
+             "MLPs + attention": [(i, m) for i in range(layers) for m in ("mlp", "self_attn")]}
+    results["search"] = {"student_validation_dsr": student_search}
+    found: dict[str, list] = {}
+    for label, pool in pools.items():
+        progress(f"delta debugging over {label} ...")
+        outcome = search_sites(student, teacher, pool, evaluator, threshold, student_search)
+        results["search"][label] = outcome
+        if outcome.get("minimal") is not None:
+            found[label] = [parse_site(site) for site in outcome["minimal"]]
+            found[f"{label}, projections"] = [parse_site(site) for site in outcome["projections"]["minimal"]]
+            progress(f"  {label}: {outcome['minimal']} ({outcome['tests']} tests); projections "
+                     f"{outcome['projections']['minimal']}")
+        else:
+            progress(f"  {label}: {outcome['skipped']}")
 
     progress("measuring the transplants ...")
-    k = len(found_layers)
-    variants: dict[str, list] = {"found layers": layer_search.minimal}
-    if projection_search is not None:
-        variants["found projections"] = projection_search.minimal
-    variants[f"middle {k}"] = [(i, "mlp") for i in middle_layers(layers, k)]
-    variants["all MLPs"] = all_mlps
+    primary = "MLPs" if "MLPs" in found else "MLPs + attention" if "MLPs + attention" in found else None
+    k = len({i for i, _ in found[primary]}) if primary else max(1, layers // 3)
+    variants: dict[str, list] = {f"found ({name})": sites for name, sites in found.items()}
+    variants[f"middle {k} MLPs (paper)"] = [(i, "mlp") for i in middle_layers(layers, k)]
+    variants["all MLPs"] = pools["MLPs"]
+    variants["all attention"] = [(i, "self_attn") for i in range(layers)]
+    variants["all MLPs + attention"] = pools["MLPs + attention"]
     for name, sites in variants.items():
         child = transplant(student, teacher, sites)
         results["transplants"][name] = {"sites": [format_site(s) for s in sites],
                                         "param_share": changed_parameter_share(student, sites), **evaluator.full(child)}
     rng = random.Random(seed)
+    pool = pools[primary] if primary else pools["MLPs"]
+    size = len(found[primary]) if primary else k
     draws = []
     for _ in range(random_sets):
-        sites = [(i, "mlp") for i in sorted(rng.sample(range(layers), k))]
-        draws.append({"sites": [format_site(s) for s in sites], **evaluator.full(transplant(student, teacher, sites))})
+        sites = sorted(rng.sample(pool, size))
+        draws.append({"sites": [format_site(s) for s in sites], "param_share": changed_parameter_share(student, sites),
+                      **evaluator.full(transplant(student, teacher, sites))})
     if draws:
         summary = _mean_std([{key: v for key, v in d.items() if key != "sites"} for d in draws])
-        results["transplants"][f"random {k} (x{random_sets})"] = {
-            "sites": [d["sites"] for d in draws], "param_share": changed_parameter_share(student, variants[f"middle {k}"]),
-            **summary}
+        results["transplants"][f"random {size} of {primary or 'MLPs'} (x{random_sets})"] = {
+            "sites": [d["sites"] for d in draws], **summary}
     results["oracle_calls"] = evaluator.calls
     results["seconds"] = time.perf_counter() - started
     table = {**{name: results["models"][name] for name in results["models"]}, **results["transplants"]}
@@ -266,10 +300,11 @@ def run_deal(teacher: nn.Module, student: nn.Module, out: str | Path, base: nn.M
 
 def format_table(rows: dict[str, dict]) -> str:
     """A plain-text table of the measured models and transplants."""
-    head = f"{'model':<24} {'DSR':>6} {'DSR new tpl':>11} {'benign':>7} {'over-ref':>8} {'ppl':>7} {'params':>7}"
+    head = (f"{'model':<36} {'DSR':>6} {'DSR new tpl':>11} {'refusal NLL':>11} {'benign':>7} {'over-ref':>8} "
+            f"{'ppl':>7} {'pydoc ppl':>9} {'params':>7}")
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         share = f"{100 * r['param_share']:.1f}%" if "param_share" in r else "-"
-        lines.append(f"{name:<24} {r['dsr']:>6.3f} {r['dsr_unseen_template']:>11.3f} {r['benign_acc']:>7.3f} "
-                     f"{r['over_refusal']:>8.3f} {r['ppl']:>7.3f} {share:>7}")
+        lines.append(f"{name:<36} {r['dsr']:>6.3f} {r['dsr_unseen_template']:>11.3f} {r['refusal_nll']:>11.3f} "
+                     f"{r['benign_acc']:>7.3f} {r['over_refusal']:>8.3f} {r['ppl']:>7.3f} {r['pydoc_ppl']:>9.1f} {share:>7}")
     return "\n".join(lines)
