@@ -142,11 +142,13 @@ def _plot_layer_effects(means: dict[str, list[float]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for kind, values in means.items():
+        if kind == "layer":  # restoring a whole layer's output at every position is the clean run: no information
+            continue
         ax.plot(range(len(values)), values, marker="o", label=kind)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("layer")
     ax.set_ylabel("indirect effect (restored - corrupted)")
-    ax.set_title("Causal trace of the aligned teacher's refusal (mean over requests)")
+    ax.set_title("Causal trace of the teacher's refusal (module restored at all positions, mean)", fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
