@@ -70,6 +70,17 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+def fitted_slopes(results: dict[str, list[dict]], fit_from: int) -> dict[str, dict]:
+    """Per method, the log-log slope of seconds vs tokens over the points with ``tokens >= fit_from``."""
+    fits = {}
+    for name, rows in results.items():
+        big = [r for r in rows if r["tokens"] >= fit_from]
+        if len(big) >= 2:
+            fits[name] = dict(slope=slope([r["tokens"] for r in big], [r["seconds"] for r in big]),
+                              fit_tokens=[big[0]["tokens"], big[-1]["tokens"]])
+    return fits
+
+
 @torch.no_grad()
 def accuracy_part(model, args) -> dict:
     net = copy.deepcopy(model.ema).double()  # float64 throughout: the errors measured are the approximation's
@@ -155,12 +166,7 @@ def time_part(args) -> dict:
                 seconds = min(rounds(lambda: fn(q, k, v), repeats=args.repeats, budget=args.budget))
             results[name].append(dict(tokens=n, seconds=seconds))
             print(f"  (c) L={n:5d} {name:24s} {seconds * 1e3:10.3f} ms", flush=True)
-    fits = {}
-    for name, rows in results.items():
-        big = [r for r in rows if r["tokens"] >= args.fit_from]
-        if len(big) >= 2:
-            fits[name] = dict(slope=slope([r["tokens"] for r in big], [r["seconds"] for r in big]),
-                              fit_tokens=[big[0]["tokens"], big[-1]["tokens"]])
+    fits = fitted_slopes(results, args.fit_from)
     print("  (c) log-log slopes:", json.dumps(fits), flush=True)
     return dict(heads=heads, head_dim=d, batch=1, times=results, slopes=fits)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from computational_criteria import digits, slope  # noqa: E402
+from computational_criteria import digits, fitted_slopes  # noqa: E402
 from timing import rounds  # noqa: E402
 
 from zoo.core.plots import save_figure  # noqa: E402
@@ -87,12 +87,7 @@ def time_part(args) -> dict:
             seconds = min(rounds(step, repeats=args.repeats, budget=args.budget))
             results[name].append(dict(tokens=n, seconds=seconds))
             print(f"  (e) L={n:5d} {name:24s} forward+backward {seconds * 1e3:10.3f} ms", flush=True)
-    fits = {}
-    for name, rows in results.items():
-        big = [r for r in rows if r["tokens"] >= args.fit_from]
-        if len(big) >= 2:
-            fits[name] = dict(slope=slope([r["tokens"] for r in big], [r["seconds"] for r in big]),
-                              fit_tokens=[big[0]["tokens"], big[-1]["tokens"]])
+    fits = fitted_slopes(results, args.fit_from)
     print("  (e) log-log slopes:", json.dumps(fits), flush=True)
     return dict(heads=heads, head_dim=d, batch=1, times=results, slopes=fits)
 

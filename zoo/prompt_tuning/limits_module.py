@@ -46,14 +46,14 @@ from zoo.prompt_tuning.limits import (
     relative_error,
     worst_pair_error,
 )
-from zoo.prompt_tuning.soft_prompt import check_num_virtual_tokens
+from zoo.prompt_tuning.soft_prompt import PromptOnlyCheckpoint, check_num_virtual_tokens
 
 #: State-dict prefix of the frozen block's weights, left out of checkpoints (rebuilt from ``seed``).
 BASE_PREFIX = "model.model."
 METRICS = ("relative_error", "worst_pair_error", "mse")
 
 
-class PromptTuneOneLayer(ZooModule):
+class PromptTuneOneLayer(PromptOnlyCheckpoint, ZooModule):
     """A soft prompt on the frozen random one-layer, one-head transformer (module docstring).
 
     Args:
@@ -68,6 +68,8 @@ class PromptTuneOneLayer(ZooModule):
         degree: the polynomial degree of ``fast`` attention.
         lr, weight_decay: AdamW on the prompt under a per-step cosine schedule.
     """
+
+    frozen_prefix = BASE_PREFIX
 
     def __init__(self, num_virtual_tokens: int = 4, dim: int = 2, hidden: int = 16, max_len: int = 64,
                  seed: int = 0, position_scale: float = 1.0, init_scale: float = 1.0, attention: str = "exact",
@@ -180,15 +182,3 @@ class PromptTuneOneLayer(ZooModule):
     def on_test_epoch_end(self) -> None:
         self._log_errors()
 
-    def parameter_counts(self) -> dict[str, int]:
-        return {**super().parameter_counts(), "params/prompt": self.model.prompt.embedding.weight.numel()}
-
-    # -- checkpoints: the prompt and c only ------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Drop the frozen block: ``seed`` (a hyperparameter) rebuilds it."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(BASE_PREFIX)}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Put the block rebuilt from ``seed`` in ``__init__`` back under the prompt."""
-        base = {k: v for k, v in self.state_dict().items() if k.startswith(BASE_PREFIX)}
-        checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}

@@ -24,7 +24,13 @@ from torch import Tensor
 from data_modules.text import ByteTokenizer
 from zoo.core.errors import CheckpointError, ConfigError
 from zoo.core.lm import PROMPTS, NextTokenLM, check_sampling, load_causal_lm
-from zoo.prompt_tuning.soft_prompt import INITS, PromptTuned, SoftPrompt, check_num_virtual_tokens
+from zoo.prompt_tuning.soft_prompt import (
+    INITS,
+    PromptOnlyCheckpoint,
+    PromptTuned,
+    SoftPrompt,
+    check_num_virtual_tokens,
+)
 
 __all__ = ["PROMPTS", "PromptTuneLM", "load_causal_lm"]
 
@@ -32,7 +38,7 @@ __all__ = ["PROMPTS", "PromptTuneLM", "load_causal_lm"]
 BASE_PREFIX = "model.base_model."
 
 
-class PromptTuneLM(NextTokenLM):
+class PromptTuneLM(PromptOnlyCheckpoint, NextTokenLM):
     """A soft prompt on a frozen, trained causal LM (module docstring).
 
     Args:
@@ -47,6 +53,8 @@ class PromptTuneLM(NextTokenLM):
         lr, weight_decay: AdamW on the prompt under a per-step cosine schedule.
         sample_tokens, temperature: length and temperature of ``predict``'s samples (0 = greedy).
     """
+
+    frozen_prefix = BASE_PREFIX
 
     def __init__(self, base: str = "lm-pydoc", base_sha256: str | None = None, num_virtual_tokens: int = 16,
                  prompt_init: str = "vocab", prompt_init_text: str | None = None, lr: float = 0.03,
@@ -77,14 +85,3 @@ class PromptTuneLM(NextTokenLM):
         self.check_shape("input_ids", input_ids, [None, None])
         return self.model(input_ids)[:, self.model.num_virtual_tokens:]
 
-    def parameter_counts(self) -> dict[str, int]:
-        return {**super().parameter_counts(), "params/prompt": self.model.prompt.embedding.weight.numel()}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep the prompt only; the base is named by ``base`` and ``base_sha256``."""
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(BASE_PREFIX)}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Put the base's weights (read, and sha256-checked, in ``__init__``) back under the prompt."""
-        base = {k: v for k, v in self.state_dict().items() if k.startswith(BASE_PREFIX)}
-        checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}

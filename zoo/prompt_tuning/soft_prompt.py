@@ -208,3 +208,26 @@ def load_prompt(path: str | Path, base_sha256: str) -> tuple[SoftPrompt, dict]:
         prompt.embedding.weight.copy_(weight)
     prompt.init = payload["init"]
     return prompt, {key: payload[key] for key in ("base_name", "base_sha256", "init")}
+
+
+class PromptOnlyCheckpoint:
+    """Mixin for a LightningModule whose ``self.model`` is a prompt (``self.model.prompt``, a
+    :class:`SoftPrompt`) on a frozen model kept under the state-dict prefix ``frozen_prefix``:
+    checkpoints hold everything but the frozen weights (the module's ``__init__`` rebuilds or
+    re-reads those), and ``parameter_counts`` reports the prompt's size. List it before the
+    LightningModule base: ``class M(PromptOnlyCheckpoint, ZooModule)``."""
+
+    frozen_prefix: str
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {**super().parameter_counts(), "params/prompt": self.model.prompt.embedding.weight.numel()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Drop the frozen model's weights."""
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(self.frozen_prefix)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put the frozen weights built in ``__init__`` back beside the saved prompt."""
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(self.frozen_prefix)}
+        checkpoint["state_dict"] = {**frozen, **checkpoint["state_dict"]}
