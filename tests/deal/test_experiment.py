@@ -97,3 +97,18 @@ def test_deal_command_end_to_end(tmp_path, capsys):
 def test_run_deal_refuses_mismatched_models(family, tmp_path):
     with pytest.raises(ConfigError, match="teacher has 2 layers, student 6"):
         run_deal(zoo.load_pretrained("lm-pydoc").model, family["deal-unaligned"], tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--teacher", "nope"], "--teacher 'nope' is neither a registered name nor a checkpoint file"),
+    (["--student", "digits-cnn"], "--student 'digits-cnn': "),
+    (["--threshold", "0"], "threshold must be in (0, 1], got 0.0"),
+    (["--teacher", "lm-pydoc"], "teacher has 2 layers, student 6; expected one architecture"),
+])
+@shipped
+def test_deal_bad_input_ends_in_one_line(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deal", "--out", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
