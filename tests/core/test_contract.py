@@ -87,7 +87,9 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
 
 
 def batch_size_of(batch) -> int:
-    return len(batch["inputs"]) if isinstance(batch, dict) else len(batch[0])
+    if isinstance(batch, dict):  # token batches ("inputs"), or a design-mode patch dict (its first tensor)
+        return len(batch["inputs"]) if "inputs" in batch else len(next(v for v in batch.values() if isinstance(v, Tensor)))
+    return len(batch[0])
 
 
 def skip_without_shared_data(data_dir: str | None) -> None:
