@@ -145,10 +145,15 @@ def accuracy_part(model, args) -> dict:
     return dict(entries=entries, layer_errors=layers, eps_errors=end_to_end, sample_errors=samples)
 
 
-def time_part(args) -> dict:
+def time_part(args, backward: bool = False, materialised: bool = True, tag: str = "(c)") -> dict:
+    """Seconds per attention call (``backward``: forward + backward of ``out.sum()`` w.r.t. q, k, v)
+    at each ``args.tokens`` for SDPA, the materialised exact attention (``materialised``) and the
+    polynomial attention of each ``args.time_degrees``; a method is dropped after a call over
+    ``args.max_call`` s or features over ``args.max_bytes``. Log-log slopes from ``args.fit_from``."""
     heads, d = 4, 16
-    methods = {"sdpa (exact)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
-               "materialised exact": lambda q, k, v: exact_attention(q, k, v)}
+    methods = {"sdpa (exact)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
+    if materialised:
+        methods["materialised exact"] = lambda q, k, v: exact_attention(q, k, v)
     for degree in args.time_degrees:
         methods[f"poly g={degree} (F={feature_dim(d, degree)})"] = (
             lambda q, k, v, g=degree: fast_attention(q, k, v, degree=g, exact_fallback=False))
@@ -162,13 +167,32 @@ def time_part(args) -> dict:
             degree = int(name.split("g=")[1].split()[0]) if "g=" in name else 0
             if degree and n * feature_dim(d, degree) * heads * 4 > args.max_bytes:
                 continue
-            with torch.no_grad():
-                seconds = min(rounds(lambda: fn(q, k, v), repeats=args.repeats, budget=args.budget))
+
+            def call(fn=fn):
+                if backward:
+                    leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+                    fn(*leaves).sum().backward()
+                else:
+                    with torch.no_grad():
+                        fn(q, k, v)
+
+            seconds = min(rounds(call, repeats=args.repeats, budget=args.budget))
             results[name].append(dict(tokens=n, seconds=seconds))
-            print(f"  (c) L={n:5d} {name:24s} {seconds * 1e3:10.3f} ms", flush=True)
+            print(f"  {tag} L={n:5d} {name:24s} {'forward+backward ' if backward else ''}{seconds * 1e3:10.3f} ms",
+                  flush=True)
     fits = fitted_slopes(results, args.fit_from)
-    print("  (c) log-log slopes:", json.dumps(fits), flush=True)
+    print(f"  {tag} log-log slopes:", json.dumps(fits), flush=True)
     return dict(heads=heads, head_dim=d, batch=1, times=results, slopes=fits)
+
+
+def plot_times(ax, timing: dict, ylabel: str, title: str) -> None:
+    """Seconds vs tokens of each method of a :func:`time_part` result, log-log, slopes in the legend."""
+    for name, rows in timing["times"].items():
+        fit = timing["slopes"].get(name)
+        ax.plot([r["tokens"] for r in rows], [r["seconds"] for r in rows], "-o", ms=3,
+                label=name + (f": slope {fit['slope']:.2f}" if fit else ""))
+    ax.set(xscale="log", yscale="log", xlabel="tokens L", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
 
 
 def plot(result: dict, args) -> None:
@@ -205,13 +229,7 @@ def plot(result: dict, args) -> None:
     save_figure(fig, DOCS / "computational_error.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
-    for name, rows in result["time"]["times"].items():
-        fit = result["time"]["slopes"].get(name)
-        label = f"{name}" + (f": slope {fit['slope']:.2f}" if fit else "")
-        ax.plot([r["tokens"] for r in rows], [r["seconds"] for r in rows], "-o", ms=3, label=label)
-    ax.set(xscale="log", yscale="log", xlabel="tokens L", ylabel="seconds per call",
-           title=f"One attention call, 4 heads x 16, batch 1, {args.threads} thread(s)")
-    ax.legend(fontsize=7)
+    plot_times(ax, result["time"], "seconds per call", f"One attention call, 4 heads x 16, batch 1, {args.threads} thread(s)")
     save_figure(fig, DOCS / "computational_time.png")
 
 

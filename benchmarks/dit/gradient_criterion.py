@@ -27,17 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from computational_criteria import digits, fitted_slopes  # noqa: E402
-from timing import rounds  # noqa: E402
+from computational_criteria import digits, plot_times, time_part  # noqa: E402
 
 from zoo.core.plots import save_figure  # noqa: E402
 from zoo.core.registry import load_pretrained  # noqa: E402
 from zoo.dit.fast_attention_check import gradient_errors  # noqa: E402
-from zoo.nn.fast_attention import fast_attention, feature_dim  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "dit"
 
@@ -66,32 +63,6 @@ def gradient_part(model, args) -> list[dict]:
     return rows
 
 
-def time_part(args) -> dict:
-    heads, d = 4, 16
-    methods = {"sdpa (exact)": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
-    for degree in args.time_degrees:
-        methods[f"poly g={degree} (F={feature_dim(d, degree)})"] = (
-            lambda q, k, v, g=degree: fast_attention(q, k, v, degree=g, exact_fallback=False))
-    results = {name: [] for name in methods}
-    generator = torch.Generator().manual_seed(args.seed)
-    for n in args.tokens:
-        q, k, v = (0.5 * torch.randn(1, heads, n, d, generator=generator) for _ in range(3))
-        for name, fn in methods.items():
-            if results[name] and results[name][-1]["seconds"] > args.max_call:
-                continue
-
-            def step(fn=fn):
-                leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
-                fn(*leaves).sum().backward()
-
-            seconds = min(rounds(step, repeats=args.repeats, budget=args.budget))
-            results[name].append(dict(tokens=n, seconds=seconds))
-            print(f"  (e) L={n:5d} {name:24s} forward+backward {seconds * 1e3:10.3f} ms", flush=True)
-    fits = fitted_slopes(results, args.fit_from)
-    print("  (e) log-log slopes:", json.dumps(fits), flush=True)
-    return dict(heads=heads, head_dim=d, batch=1, times=results, slopes=fits)
-
-
 def plot(result: dict, args) -> None:
     import matplotlib
 
@@ -111,14 +82,8 @@ def plot(result: dict, args) -> None:
            ylabel="||grad~ - grad|| / ||grad|| (attention weights)",
            title="Gradient error of the polynomial attention")
     ax.legend(fontsize=6, ncol=3)
-    ax = axes[1]
-    for name, rows in result["time"]["times"].items():
-        fit = result["time"]["slopes"].get(name)
-        ax.plot([r["tokens"] for r in rows], [r["seconds"] for r in rows], "-o", ms=3,
-                label=name + (f": slope {fit['slope']:.2f}" if fit else ""))
-    ax.set(xscale="log", yscale="log", xlabel="tokens L", ylabel="seconds (forward + backward)",
-           title=f"One attention call, 4 heads x 16, {args.threads} thread(s)")
-    ax.legend(fontsize=7)
+    plot_times(axes[1], result["time"], "seconds (forward + backward)",
+               f"One attention call, 4 heads x 16, {args.threads} thread(s)")
     save_figure(fig, DOCS / "gradient_criterion.png")
 
 
@@ -133,6 +98,7 @@ def main() -> None:
     parser.add_argument("--time-degrees", type=int, nargs="+", default=[2])
     parser.add_argument("--fit-from", type=int, default=1024)
     parser.add_argument("--max-call", type=float, default=3.0)
+    parser.add_argument("--max-bytes", type=float, default=1.5e9, help="skip a degree whose features exceed this")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
@@ -145,7 +111,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     model = load_pretrained(args.model)
-    result = {"gradient_errors": gradient_part(model, args), "time": time_part(args),
+    result = {"gradient_errors": gradient_part(model, args),
+              "time": time_part(args, backward=True, materialised=False, tag="(e)"),
               "config": dict(vars(args))}
     result["machine"] = dict(platform=platform.platform(), processor=platform.machine(), torch=torch.__version__,
                              threads=torch.get_num_threads(), wall_seconds=round(time.time() - start, 1))
