@@ -44,11 +44,11 @@ from torch.utils.data import Dataset
 from data_modules.base import ZooDataModule
 from data_modules.text import ByteTokenizer
 from zoo.core.errors import ConfigError
+from zoo.core.lm import IGNORE_INDEX
 
 __all__ = ["BENIGN_TASKS", "HARMFUL", "REFUSALS", "SPLITS", "WORDS", "Example", "InstructionDataModule",
            "InstructionSet", "PairedSet", "build_examples", "format_request", "pseudo_words"]
 
-IGNORE_INDEX = -100  # zoo.core.lm.IGNORE_INDEX (data_modules do not import paper code)
 
 #: Example splits: ``test_templates`` holds harmful requests on templates never trained on.
 SPLITS = ("train", "val", "test", "test_templates")

@@ -58,10 +58,6 @@ from zoo.deal.transplant import (
 
 __all__ = ["Evaluator", "middle_layers", "run_deal", "trace_teacher"]
 
-#: The layer ranges the paper transplants, as (first, last, number of layers) of each model family.
-PAPER_RANGES = {"Llama-2-7B": (12, 18, 32), "Mistral-7B / Qwen": (8, 18, 32), "Gemma-7B": (8, 16, 28)}
-
-
 def middle_layers(num_layers: int, k: int) -> list[int]:
     """The ``k`` consecutive layers centred on the middle of ``num_layers`` (the paper's choice)."""
     if not 1 <= k <= num_layers:

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from data_modules.instructions import REFUSALS, Example, format_request
+from data_modules.instructions import REFUSALS, Example, InstructionSet, format_request
 from data_modules.text import ByteTokenizer
+from zoo.core.errors import ConfigError
+from zoo.core.lm import IGNORE_INDEX
 
 __all__ = ["REFUSAL", "REFUSAL_MARKERS", "answer_nll", "answer_requests", "behaviour_scores", "is_refusal", "refusal_nll",
            "text_perplexity"]
@@ -88,23 +90,28 @@ def behaviour_scores(examples: Sequence[Example], answers: Sequence[str]) -> dic
 
 
 @torch.no_grad()
-def answer_nll(model, requests: Sequence[str], answers: Sequence[str]) -> tuple[float, float]:
+def answer_nll(model, requests: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> tuple[float, float]:
     """Teacher-forced NLL of each ``answers[i]`` + ``<eos>`` after ``requests[i]``: the mean over
     requests of the per-token NLL, and the token-mean NLL over all answer tokens (``exp`` of which
-    is the answers' perplexity)."""
-    tokenizer = ByteTokenizer()
+    is the answers' perplexity). Batches are the training collation (``InstructionSet``: right
+    padding, -100 on the request and the padding)."""
+    if len(requests) != len(answers):
+        raise ConfigError(f"answer_nll got {len(requests)} requests and {len(answers)} answers; expected one each")
+    pairs = InstructionSet([Example(r, a, "", "") for r, a in zip(requests, answers)], ByteTokenizer())
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         per_request, total, count = 0.0, 0.0, 0
-        device = next(model.parameters()).device
-        for request, text in zip(requests, answers, strict=True):
-            prompt, answer = tokenizer.encode(format_request(request), bos=True), tokenizer.encode(text, eos=True)
-            ids = torch.tensor([prompt + answer], device=device)
-            nll = F.cross_entropy(model(ids[:, :-1])[0, len(prompt) - 1:].float(), ids[0, len(prompt):],
-                                  reduction="sum").item()
-            per_request += nll / len(answer)
-            total, count = total + nll, count + len(answer)
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs.__getitems__(list(range(start, min(start + batch_size, len(pairs)))))
+            labels = batch["labels"].to(device)
+            logits = model(batch["inputs"].to(device)).float()
+            nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none",
+                                  ignore_index=IGNORE_INDEX).view_as(labels).double()
+            sums, counts = nll.sum(1), (labels != IGNORE_INDEX).sum(1)
+            per_request += float((sums / counts).sum())
+            total, count = total + float(sums.sum()), count + int(counts.sum())
     finally:
         model.train(was_training)
     return per_request / len(requests), total / count
