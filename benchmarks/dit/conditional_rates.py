@@ -132,6 +132,15 @@ def reference_exponents(beta: float, x_dim: int, y_dim: int = 1) -> dict:
     return dict(isotropic=-2 * beta / (2 * beta + x_dim + y_dim), anisotropic=-2 * beta / (2 * beta + y_dim))
 
 
+def data_and_evaluation_set(args, smoothness: float):
+    """The conditional data of smoothness ``smoothness`` and its fresh evaluation points (seed 0)."""
+    data = ConditionalGaussianData(x_dim=args.x_dim, smoothness=smoothness, frequencies=args.frequencies,
+                                   amplitude=args.amplitude, data_std=args.data_std)
+    torch.manual_seed(0)
+    net = InContextScoreNet(x_dim=args.x_dim, hidden_size=args.hidden, depth=args.depth)
+    return data, evaluation_set(data, net, args.eval)
+
+
 def stopping_sweep(args: argparse.Namespace) -> dict:
     """Oracle early stopping: one run of ``max(--stop-checkpoints)`` steps (one cosine schedule) per
     (s, n, seed), ``err(0)`` and ``err(1)`` on the fresh points at every checkpoint, and the best
@@ -140,11 +149,7 @@ def stopping_sweep(args: argparse.Namespace) -> dict:
     total = max(args.stop_checkpoints)
     runs, slopes, reference, ignore_y = [], {}, {}, {}
     for s in args.smoothness:
-        data = ConditionalGaussianData(x_dim=args.x_dim, smoothness=s, frequencies=args.frequencies,
-                                       amplitude=args.amplitude, data_std=args.data_std)
-        torch.manual_seed(0)
-        fresh = evaluation_set(data, InContextScoreNet(x_dim=args.x_dim, hidden_size=args.hidden, depth=args.depth),
-                               args.eval)
+        data, fresh = data_and_evaluation_set(args, s)
         ignore_y[str(s)] = float((fresh["truth"][1] - fresh["truth"][0]).square().mean())
         rows = []
         for n in args.n:
@@ -325,11 +330,7 @@ def main() -> None:
         return
     runs, ignore_y, untrained, slopes, reference = [], {}, {}, {}, {}
     for s in args.smoothness:
-        data = ConditionalGaussianData(x_dim=args.x_dim, smoothness=s, frequencies=args.frequencies,
-                                       amplitude=args.amplitude, data_std=args.data_std)
-        torch.manual_seed(0)
-        fresh = evaluation_set(data, InContextScoreNet(x_dim=args.x_dim, hidden_size=args.hidden, depth=args.depth),
-                               args.eval)
+        data, fresh = data_and_evaluation_set(args, s)
         true_cond, true_uncond = fresh["truth"]
         ignore_y[str(s)] = float((true_uncond - true_cond).square().mean())
         torch.manual_seed(0)
