@@ -33,6 +33,7 @@ from data_modules.instructions import REFUSALS, Example, InstructionSet, format_
 from data_modules.text import ByteTokenizer
 from zoo.core.errors import ConfigError
 from zoo.core.lm import IGNORE_INDEX
+from zoo.deal.tracing import eval_mode
 
 __all__ = ["REFUSAL", "REFUSAL_MARKERS", "answer_nll", "answer_requests", "behaviour_scores", "is_refusal", "refusal_nll",
            "text_perplexity"]
@@ -56,10 +57,8 @@ def answer_requests(model, requests: Sequence[str], max_new_tokens: int = 48, ba
     """Greedy answers of the zoo ``CausalLM`` ``model`` to ``requests`` (text up to ``<eos>``)."""
     tokenizer = ByteTokenizer()
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     answers: list[str] = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(requests), batch_size):
             encoded = [tokenizer.encode(format_request(r), bos=True) for r in requests[start:start + batch_size]]
             width = max(map(len, encoded))
@@ -72,8 +71,6 @@ def answer_requests(model, requests: Sequence[str], max_new_tokens: int = 48, ba
             for row in out.tolist():
                 end = row.index(tokenizer.eos_id) if tokenizer.eos_id in row else len(row)
                 answers.append(tokenizer.decode(row[:end]))
-    finally:
-        model.train(was_training)
     return answers
 
 
@@ -99,9 +96,7 @@ def answer_nll(model, requests: Sequence[str], answers: Sequence[str], batch_siz
         raise ConfigError(f"answer_nll got {len(requests)} requests and {len(answers)} answers; expected one each")
     pairs = InstructionSet([Example(r, a, "", "") for r, a in zip(requests, answers)], ByteTokenizer())
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         per_request, total, count = 0.0, 0.0, 0
         for start in range(0, len(pairs), batch_size):
             batch = pairs.__getitems__(list(range(start, min(start + batch_size, len(pairs)))))
@@ -112,8 +107,6 @@ def answer_nll(model, requests: Sequence[str], answers: Sequence[str], batch_siz
             sums, counts = nll.sum(1), (labels != IGNORE_INDEX).sum(1)
             per_request += float((sums / counts).sum())
             total, count = total + float(sums.sum()), count + int(counts.sum())
-    finally:
-        model.train(was_training)
     return per_request / len(requests), total / count
 
 
@@ -132,15 +125,11 @@ def text_perplexity(model, tokens: Tensor, block_size: int = 128, batch_size: in
     starts = torch.arange(count) * block_size
     windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, n = 0.0, 0
-    try:
+    with eval_mode(model):
         for chunk in windows.split(batch_size):
             chunk = chunk.to(device)
             logits = model(chunk[:, :-1]).float()
             total += float(F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"))
             n += chunk[:, 1:].numel()
-    finally:
-        model.train(was_training)
     return math.exp(total / n)

@@ -130,7 +130,8 @@ def _hooked(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Inside the ``with``, every module of ``model`` is in eval mode; each gets its own mode back on exit."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -223,7 +224,7 @@ def causal_trace(model: nn.Module, input_ids: Tensor, score: Score, *, kinds: Se
     ids = ids.to(param.device)
     length = ids.shape[1]
 
-    with _eval_mode(model):
+    with eval_mode(model):
         clean_embeds = embed(ids)  # [1, T, D]
         cache: dict[tuple[str, int], Tensor] = {}
 
