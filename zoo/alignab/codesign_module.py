@@ -169,8 +169,14 @@ class CoDesignDiffusion(ZooModule):
         picked = best.gather(1, index.clamp_min(0))
         return torch.where(batch["design"] & (index >= 0), picked, torch.full_like(picked, -1))
 
-    def network_fn(self, cond: dict[str, Tensor]):
-        return lambda state, t: self.network(state.aa, state.rot, state.pos, t, **cond)
+    def network_fn(self, cond: dict[str, Tensor], cache: bool = True):
+        """``(state, t) -> (eps^, R0^, logits)`` on the conditioning ``cond``. With ``cache`` the closure keeps
+        the pair features of its previous call (``PairCache``: in sampling only the loop moves between calls, so
+        only its rows and columns are recomputed; while autograd records every call computes all)."""
+        from zoo.alignab.codesign_network import PairCache
+
+        pair_cache = PairCache() if cache else None
+        return lambda state, t: self.network(state.aa, state.rot, state.pos, t, **cond, pair_cache=pair_cache)
 
     # -- training ----------------------------------------------------------------------------------------
     def denoise(self, batch: dict[str, Tensor], t: Tensor | None = None, generator: torch.Generator | None = None,
