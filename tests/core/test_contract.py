@@ -83,6 +83,8 @@ FORWARD: dict[str, Callable[[Any, Any], Tensor]] = {
     "InstructionTune": lambda model, batch: model(batch["inputs"]),  # request + response bytes -> logits
     # patches -> loop type logits [B, K, 20] on the loops noised at seeded timesteps, as its validation_step does
     "CoDesignDiffusion": lambda model, batch: model.denoise(batch, generator=torch.Generator().manual_seed(0))[2],
+    # the same, through the policy being aligned
+    "CoDesignAlignment": lambda model, batch: model.policy.denoise(batch, generator=torch.Generator().manual_seed(0))[2],
 }
 
 
@@ -244,6 +246,11 @@ TINY: dict[str, tuple[dict, str, dict, Callable[[Path], dict] | None]] = {
         {"size": "tiny", "num_steps": 5, "num_samples": 1, "num_designs": 1, "pack_side_chains": False},
         "ComplexDataModule", {"patch_size": 32, "design_cdrs": ["H1", "H2", "H3", "L1", "L2", "L3"],
                               "val_fraction": 0.2, "test_fraction": 0.2, "batch_size": 2}, write_complexes),
+    "CoDesignAlignment": (  # aligns the shipped alignab-codesign-h3 on synthetic complexes: one short round
+        {"init_from": "alignab-codesign-h3", "designs_per_complex": 4, "sample_steps": 10, "num_samples": 1,
+         "test_steps": 2},
+        "ComplexDataModule", {"patch_size": 32, "design_cdrs": ["H3"], "val_fraction": 0.2, "test_fraction": 0.2,
+                              "batch_size": 2}, write_complexes),
 }
 
 ONE_STEP = [

@@ -153,25 +153,33 @@ class LoopDiffusion(nn.Module):
         return LoopState(aa, pos, rot), eps
 
     # -- losses -------------------------------------------------------------------------------------------
-    def losses(self, state0: LoopState, noisy: LoopState, eps: Tensor, t: Tensor, eps_pred: Tensor,
-               rot_pred: Tensor, logits: Tensor, design: Tensor) -> dict[str, Tensor]:
-        """Per-residue means over the design residues of the position-noise MSE (summed over x, y, z), the
-        rotation loss, the KL between the true and the predicted sequence posteriors (DiffAb's three terms;
-        at ``t = 1`` the posterior is ``x_0`` itself) and ``seq_ce``, the cross-entropy of the predicted ``x_0``
-        (the auxiliary term of D3PM, Austin et al. 2021: the one-step KL is small and slow to learn from)."""
-        weight = design.to(eps.dtype)
-        count = weight.sum().clamp_min(1)
+    def residue_losses(self, state0: LoopState, noisy: LoopState, eps: Tensor, t: Tensor, eps_pred: Tensor,
+                       rot_pred: Tensor, logits: Tensor) -> dict[str, Tensor]:
+        """The terms of :meth:`losses` per residue, ``[B, K]`` each, before masking: the position-noise squared
+        error (summed over x, y, z), the rotation loss, the sequence-posterior KL and the cross-entropy of the
+        predicted ``x_0`` (the per-residue, per-component errors the Diffusion-DPO loss compares)."""
         pos = ((eps_pred - eps) ** 2).sum(-1)
         rot = rotation_loss(rot_pred, state0.rot)
         x0 = F.one_hot(state0.aa.clamp(max=NUM_TYPES - 1), NUM_TYPES).to(logits.dtype)
         true = self.seq_posterior(noisy.aa, x0, t)
         pred = self.seq_posterior(noisy.aa, logits.softmax(-1), t)
         kl = (true * (true.clamp_min(1e-30).log() - pred.clamp_min(1e-30).log())).sum(-1)
-        known = weight * (state0.aa < NUM_TYPES)
         ce = -(x0 * logits.log_softmax(-1)).sum(-1)
+        return {"pos": pos, "rot": rot, "seq": kl, "seq_ce": ce}
+
+    def losses(self, state0: LoopState, noisy: LoopState, eps: Tensor, t: Tensor, eps_pred: Tensor,
+               rot_pred: Tensor, logits: Tensor, design: Tensor) -> dict[str, Tensor]:
+        """Per-residue means over the design residues of the position-noise MSE (summed over x, y, z), the
+        rotation loss, the KL between the true and the predicted sequence posteriors (DiffAb's three terms;
+        at ``t = 1`` the posterior is ``x_0`` itself) and ``seq_ce``, the cross-entropy of the predicted ``x_0``
+        (the auxiliary term of D3PM, Austin et al. 2021: the one-step KL is small and slow to learn from)."""
+        terms = self.residue_losses(state0, noisy, eps, t, eps_pred, rot_pred, logits)
+        weight = design.to(eps.dtype)
+        count = weight.sum().clamp_min(1)
+        known = weight * (state0.aa < NUM_TYPES)
         known_count = known.sum().clamp_min(1)
-        return {"pos": (pos * weight).sum() / count, "rot": (rot * weight).sum() / count,
-                "seq": (kl * known).sum() / known_count, "seq_ce": (ce * known).sum() / known_count}
+        return {"pos": (terms["pos"] * weight).sum() / count, "rot": (terms["rot"] * weight).sum() / count,
+                "seq": (terms["seq"] * known).sum() / known_count, "seq_ce": (terms["seq_ce"] * known).sum() / known_count}
 
     # -- the reverse process, Eqs. (3), (5), (7) ---------------------------------------------------------
     def bridge_noise(self, t: int, s: int, shape: tuple[int, ...], generator: torch.Generator | None = None
@@ -197,10 +205,12 @@ class LoopDiffusion(nn.Module):
         return c0 * x0 + ct * xt, (1 - alpha) * (1 - abar_s) / (1 - abar_t)
 
     def step(self, state: LoopState, t: int, eps_pred: Tensor, rot_pred: Tensor, probs: Tensor, design: Tensor,
-             generator: torch.Generator | None = None, s: int | None = None) -> LoopState:
+             generator: torch.Generator | None = None, s: int | None = None, temperature: float = 1.0) -> LoopState:
         """One reverse jump from ``t`` to ``s`` (``t - 1`` by default) for the design residues; the rest is
         returned as it came. A jump over several steps uses the composed transition, ``abar_t / abar_s`` in
-        place of ``alpha_t`` (respaced sampling, Nichol & Dhariwal 2021 section 4)."""
+        place of ``alpha_t`` (respaced sampling, Nichol & Dhariwal 2021 section 4). ``temperature`` scales the
+        position noise and the rotation bridge's noise vector (``probs`` are already tempered by the caller);
+        1 is the plain sampler, bit for bit."""
         s = t - 1 if s is None else s
         b = len(state.aa)
         tt = torch.full((b,), t, dtype=torch.long, device=state.aa.device)
@@ -209,13 +219,13 @@ class LoopDiffusion(nn.Module):
         mean, variance = self.pos_posterior(state.pos, eps_pred, t, s)
         if s > 0:
             z = torch.randn(state.pos.shape, generator=generator, dtype=state.pos.dtype).to(state.pos.device)
-            mean = mean + math.sqrt(variance) * z
+            mean = mean + math.sqrt(variance) * temperature * z
         pos = torch.where(design[..., None], mean, state.pos)
         if s > 0:
             lam = float(self.rot_eps[s]) ** 2 / float(self.rot_eps[t]) ** 2
             relative = so3_log((state.rot @ rot_pred.transpose(-1, -2)).double())
             bridge = so3_exp(lam * relative) @ rot_pred.double()
-            noise = self.bridge_noise(t, s, tuple(design.shape), generator).to(bridge.device)
+            noise = self.bridge_noise(t, s, tuple(design.shape), generator).to(bridge.device) * temperature
             bridge = so3_exp(noise) @ bridge
         else:
             bridge = rot_pred
@@ -242,16 +252,21 @@ class LoopDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, network: Callable[[LoopState, Tensor], tuple[Tensor, Tensor, Tensor]], state: LoopState,
                design: Tensor, generator: torch.Generator | None = None, progress: bool = False,
-               steps: int | None = None) -> LoopState:
-        """Ancestral sampling from ``t = T`` down to 0 over ``steps`` respaced steps (all by default).
+               steps: int | None = None, temperature: float = 1.0) -> LoopState:
+        """Ancestral sampling from ``t = T`` down to 0 over ``steps`` respaced steps (all by default), at
+        ``temperature`` (amino acids from ``softmax(logits / temperature)``, position and rotation noise scaled
+        by it; AlignAb's temperature-scaled sampling; 1: the plain sampler).
         ``network(state, t [B])`` returns ``(eps [B, K, 3], R0^ [B, K, 3, 3], logits [B, K, 20])``; the design
         residues of ``state`` are replaced by draws first."""
         from tqdm.auto import tqdm
 
+        if not temperature > 0:
+            raise ConfigError(f"sampling temperature must be > 0, got {temperature}")
         state = self.initial(state, design, generator)
         taus = self.sampling_timesteps(steps)
         for t, s in tqdm(list(zip(taus[:-1], taus[1:])), desc="sampling", disable=not progress, leave=False):
             tt = torch.full((len(design),), t, dtype=torch.long, device=design.device)
             eps_pred, rot_pred, logits = network(state, tt)
-            state = self.step(state, t, eps_pred, rot_pred, logits.softmax(-1), design, generator, s)
+            probs = (logits / temperature).softmax(-1) if temperature != 1.0 else logits.softmax(-1)
+            state = self.step(state, t, eps_pred, rot_pred, probs, design, generator, s, temperature)
         return state

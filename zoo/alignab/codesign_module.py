@@ -218,14 +218,16 @@ class CoDesignDiffusion(ZooModule):
     # -- sampling ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def design(self, batch: dict[str, Tensor], num: int = 1, generator: torch.Generator | None = None,
-               progress: bool = False, steps: int | None = None) -> tuple[LoopState, LoopState, Tensor]:
+               progress: bool = False, steps: int | None = None, temperature: float = 1.0
+               ) -> tuple[LoopState, LoopState, Tensor]:
         """``num`` designs per patch: ``(native, designed, design mask)``, each ``[B * num, ...]`` (the designs
         of patch b are rows ``b * num ... b * num + num - 1``), over ``steps`` reverse steps (default
-        ``sample_steps``)."""
+        ``sample_steps``) at sampling ``temperature`` (``LoopDiffusion.sample``)."""
         batch = {k: v.repeat_interleave(num, 0) for k, v in batch.items()}
         state0, design, cond = self.inputs(batch)
         steps = steps or self.hparams.sample_steps or None
-        designed = self.diffusion.sample(self.network_fn(cond), state0, design, generator, progress, steps)
+        designed = self.diffusion.sample(self.network_fn(cond), state0, design, generator, progress, steps,
+                                         temperature)
         return state0, designed, design
 
     def _sampling(self, num: int) -> tuple[int, int | None]:

@@ -194,12 +194,20 @@ def build_from_checkpoint(checkpoint: dict[str, Any], cls: type | None = None, s
     parameters = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     kwargs = {k: v for k, v in model_hparams(checkpoint).items() if takes_any or k in parameters}
+    # LightningCLI hands the module it instantiates its config through a context variable that every
+    # save_hyperparameters() in that __init__ reads; a model built from a checkpoint inside such an __init__
+    # (a frozen base, a model to align) must record its own arguments, not its parent's
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    token = _given_hyperparameters.set(None)
     try:
         model = cls(**kwargs)
         model.on_load_checkpoint(checkpoint)
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as err:
         raise CheckpointError(f"{source} does not load into {cls.__name__}: {str(err).splitlines()[0]}") from err
+    finally:
+        _given_hyperparameters.reset(token)
     return model
 
 
