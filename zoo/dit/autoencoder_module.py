@@ -31,6 +31,7 @@ from torch import Tensor
 from zoo.core.module import ZooModule
 from zoo.core.plots import image_grid
 from zoo.dit.autoencoder import ConvAutoencoder
+from zoo.dit.optim import adamw_cosine
 
 SHOWN = 32  # test images drawn in reconstructions.png
 
@@ -153,3 +154,7 @@ class ImageAutoencoder(ZooModule):
     def decode(self, latents: Tensor) -> Tensor:
         """Images in [0, 1] from unit-scale latents."""
         return ((self.net.decode_latent(latents) + 1) / 2).clamp(0, 1)
+
+    def configure_optimizers(self):
+        """``ZooModule``'s AdamW and cosine schedule, fused on CUDA (``zoo.dit.optim``)."""
+        return adamw_cosine(self)

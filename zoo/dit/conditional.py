@@ -30,6 +30,7 @@ The same model on an autoencoder's latents is :class:`zoo.dit.latent_image.Laten
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import Tensor
@@ -39,6 +40,12 @@ from zoo.core.module import ZooModule
 from zoo.core.plots import image_grid
 from zoo.dit.diffusion import GaussianDiffusion, guided
 from zoo.dit.model import dit
+from zoo.dit.optim import adamw
+
+# ConditionalDiT checks labels in on_before_batch_transfer (on the CPU); Lightning warns whenever a
+# LightningModule overrides that hook while a DataModule supplies the data, which is the intent here.
+warnings.filterwarnings("ignore", r"You have overridden `on_before_batch_transfer` in `LightningModule` but have "
+                                  r"passed in a `LightningDataModule`")
 
 
 class ConditionalDiT(ZooModule):
@@ -57,6 +64,9 @@ class ConditionalDiT(ZooModule):
         sample_steps: DDIM steps for sampling; 0 = DDPM with all ``num_steps``.
         eta: DDIM noise (0 deterministic, 1 = DDPM's variance).
         sample_seed: seed of the sampling noise (same seed, same samples).
+        compile: run the DiT and its EMA copy through ``torch.compile`` (in place, so the
+            checkpoint keys stay the same): training, validation and sampling forwards. The first
+            steps pay the compilation; off by default.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class ConditionalDiT(ZooModule):
         sample_steps: int = 50,
         eta: float = 0.0,
         sample_seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_decay < 1:
@@ -91,6 +102,9 @@ class ConditionalDiT(ZooModule):
         self.net = dit(size, patch_size, input_size=self.shape[1], in_channels=self.shape[0], num_classes=num_classes,
                        class_dropout=class_dropout, conditioning=conditioning)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        if compile:
+            self.net.compile()
+            self.ema.compile()
         self.diffusion = GaussianDiffusion(num_steps, schedule, prediction=prediction)
         self._samples: list[tuple[Tensor, Tensor]] = []
 
@@ -116,6 +130,20 @@ class ConditionalDiT(ZooModule):
     def decode(self, x: Tensor) -> Tensor:
         """Inverse of :meth:`encode`: images in [0, 1] (clamped)."""
         return ((x + 1) / 2).clamp(0, 1)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Checks the batch's labels while they are still on the CPU, where reading them costs no
+        wait for the device (the DiT itself reads label values on the CPU only)."""
+        if (self.hparams.num_classes and isinstance(batch, (tuple, list)) and len(batch) == 2
+                and isinstance(batch[1], Tensor) and batch[1].device.type == "cpu" and len(batch[1])):
+            self._check_labels(batch[1], " (set model.init_args.num_classes to match the data)")
+        return batch
+
+    def _check_labels(self, labels: Tensor, hint: str = "") -> None:
+        n = self.hparams.num_classes
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n:
+            raise ConfigError(f"labels must lie in [0, {n - 1}], got {low}..{high}{hint}")
 
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.hparams.num_classes > 0 else None
@@ -147,7 +175,7 @@ class ConditionalDiT(ZooModule):
         return self.diffusion.training_loss(self.ema, self.encode(images), generator=generator, y=self._labels(labels))
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return adamw(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -159,8 +187,8 @@ class ConditionalDiT(ZooModule):
         steps = h.sample_steps if steps is None else steps
         if scale < 0:
             raise ConfigError(f"cfg_scale must be >= 0, got {scale}")
-        if h.num_classes and (labels.min() < 0 or labels.max() >= h.num_classes):
-            raise ConfigError(f"labels must lie in [0, {h.num_classes - 1}], got {labels.min()}..{labels.max()}")
+        if h.num_classes:
+            self._check_labels(labels)  # once (one host sync); the DiT skips it on an accelerator
         shape = (len(labels), *self.shape)
         model, kwargs = self.ema, {}
         if h.num_classes:

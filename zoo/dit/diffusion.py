@@ -133,8 +133,10 @@ class GaussianDiffusion(nn.Module):
         return f"num_steps={self.num_steps}, schedule={self.schedule!r}, prediction={self.prediction!r}"
 
     # -- per-sample timesteps --------------------------------------------------------------------
-    def _timesteps(self, t: int | Tensor, x: Tensor) -> Tensor:
-        """``t`` as a long tensor ``[B]`` on ``x``'s device, checked against ``x`` and ``[0, T)``."""
+    def _timesteps(self, t: int | Tensor, x: Tensor, check_range: bool = True) -> Tensor:
+        """``t`` as a long tensor ``[B]`` on ``x``'s device, checked against ``x`` and (unless
+        ``check_range`` is false: timesteps drawn here, in range by construction) ``[0, T)``; the
+        range check reads the values, a host sync on an accelerator."""
         if x.dim() == 0:
             raise ShapeError("x must have a batch dimension, got a 0-d tensor")
         t = torch.as_tensor(t, device=x.device)
@@ -144,7 +146,7 @@ class GaussianDiffusion(nn.Module):
             t = t.expand(len(x))
         if t.shape != (len(x),):
             raise ShapeError(f"timesteps must have shape [{len(x)}] (one per sample), got {list(t.shape)}")
-        if len(t) and (t.min() < 0 or t.max() >= self.num_steps):
+        if check_range and len(t) and (t.min() < 0 or t.max() >= self.num_steps):
             raise ConfigError(f"timesteps must be in [0, {self.num_steps - 1}], got values in "
                               f"[{int(t.min())}, {int(t.max())}]")
         return t.long()
@@ -216,17 +218,21 @@ class GaussianDiffusion(nn.Module):
         ``reduction="mean"`` gives a scalar, ``"none"`` the per-sample losses ``[B]``."""
         if reduction not in ("mean", "none"):
             raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        if t is None:
+        drawn = t is None
+        if drawn:
             if x0.dim() == 0:
                 raise ShapeError("x0 must have a batch dimension, got a 0-d tensor")
             device = generator.device if generator is not None else x0.device
             t = torch.randint(0, self.num_steps, (len(x0),), generator=generator, device=device).to(x0.device)
-        t = self._timesteps(t, x0)
+        t = self._timesteps(t, x0, check_range=not drawn)  # checked once; drawn ones need no check (no sync)
         if noise is None:
             noise = _randn(x0.shape, x0.device, x0.dtype, generator)
-        out = model(self.q_sample(x0, t, noise), t, **model_kwargs)
+        self._check_like("noise", noise, x0)
+        a, b = self._ab(t, x0)
+        out = model(a * x0 + b * noise, t, **model_kwargs)  # q_sample, Eq. (3)
         self._check_like("the model output", out, x0)
-        losses = ((out - self.target(x0, t, noise)) ** 2).reshape(len(x0), -1).mean(dim=1)
+        target = noise if self.prediction == "epsilon" else a * noise - b * x0  # Eq. (6)
+        losses = ((out - target) ** 2).reshape(len(x0), -1).mean(dim=1)
         return losses.mean() if reduction == "mean" else losses
 
     # -- sampling --------------------------------------------------------------------------------
@@ -247,10 +253,22 @@ class GaussianDiffusion(nn.Module):
             raise ShapeError(f"noise must have shape {list(shape)}, got {list(noise.shape)}")
         return noise
 
-    def _predict(self, model: Model, x: Tensor, t: int, abar: float, one_minus_abar: float, clip_x0: bool,
+    def _host_tables(self, *names: str) -> list[list[float]]:
+        """Schedule tables as Python floats, read from the float64 CPU originals the buffers were
+        made from: no copy back from (and no wait for) the device the module lives on."""
+        return [self._tables[name].tolist() for name in names]
+
+    @staticmethod
+    def _step_timesteps(seq: Sequence[int], x: Tensor) -> Tensor:
+        """``[S, B]`` long: row ``i`` is the timestep ``seq[i]`` for each of ``x``'s samples, built
+        once per sampling call (one copy to the device) so that no step builds a tensor."""
+        return torch.tensor(seq, dtype=torch.long).to(x.device)[:, None].expand(len(seq), len(x)).contiguous()
+
+    def _predict(self, model: Model, x: Tensor, t: Tensor, abar: float, one_minus_abar: float, clip_x0: bool,
                  model_kwargs: dict) -> tuple[Tensor, Tensor]:
-        """``(x0^, eps^)`` at one sampling step, with ``eps^`` recomputed from a clipped ``x0^``."""
-        out = model(x, torch.full((len(x),), t, device=x.device, dtype=torch.long), **model_kwargs)
+        """``(x0^, eps^)`` at one sampling step (``t``: the step's ``[B]`` timesteps), with ``eps^``
+        recomputed from a clipped ``x0^``. Only Python floats and device tensors: no host sync."""
+        out = model(x, t, **model_kwargs)
         self._check_like("the model output", out, x)
         a, b = math.sqrt(abar), math.sqrt(one_minus_abar)
         x0 = self._x0(x, out, a, b)
@@ -267,9 +285,11 @@ class GaussianDiffusion(nn.Module):
         (it sets the device and dtype); the per-step noise comes from ``generator``."""
         x = self._start(shape, noise, generator)
         names = ("betas", "alphas_cumprod", "one_minus_alphas_cumprod", "alphas_cumprod_prev", "posterior_variance")
-        betas, abar, one_minus_abar, abar_prev, variance = (getattr(self, name).tolist() for name in names)
-        for t in tqdm(range(self.num_steps - 1, -1, -1), desc="DDPM", disable=not progress):
-            x0, _ = self._predict(model, x, t, abar[t], one_minus_abar[t], clip_x0, model_kwargs)
+        betas, abar, one_minus_abar, abar_prev, variance = self._host_tables(*names)
+        seq = list(range(self.num_steps - 1, -1, -1))
+        steps_t = self._step_timesteps(seq, x)
+        for i, t in enumerate(tqdm(seq, desc="DDPM", disable=not progress)):
+            x0, _ = self._predict(model, x, steps_t[i], abar[t], one_minus_abar[t], clip_x0, model_kwargs)
             c0 = math.sqrt(abar_prev[t]) * betas[t] / one_minus_abar[t]
             ct = math.sqrt(1 - betas[t]) * variance[t] / betas[t]
             x = c0 * x0 + ct * x
@@ -288,12 +308,14 @@ class GaussianDiffusion(nn.Module):
             raise ConfigError(f"eta must be >= 0, got {eta}")
         taus = self.ddim_timesteps(steps)
         x = self._start(shape, noise, generator)
-        abar, one_minus_abar = self.alphas_cumprod.tolist(), self.one_minus_alphas_cumprod.tolist()
-        log_abar = self.alphas_cumprod.log().tolist()
-        for t, p in tqdm(list(zip(taus[::-1], [*taus[-2::-1], None])), desc="DDIM", disable=not progress):
+        abar, one_minus_abar = self._host_tables("alphas_cumprod", "one_minus_alphas_cumprod")
+        log_abar = self._tables["alphas_cumprod"].log().tolist()
+        pairs = list(zip(taus[::-1], [*taus[-2::-1], None]))
+        steps_t = self._step_timesteps([t for t, _ in pairs], x)
+        for i, (t, p) in enumerate(tqdm(pairs, desc="DDIM", disable=not progress)):
             abar_p, one_minus_abar_p, log_abar_p = ((1.0, 0.0, 0.0) if p is None
                                                     else (abar[p], one_minus_abar[p], log_abar[p]))
-            x0, eps = self._predict(model, x, t, abar[t], one_minus_abar[t], clip_x0, model_kwargs)
+            x0, eps = self._predict(model, x, steps_t[i], abar[t], one_minus_abar[t], clip_x0, model_kwargs)
             # 1 - abar_t / abar_p as -expm1 of the log ratio: no cancellation when the two are close
             sigma = eta * math.sqrt(one_minus_abar_p / one_minus_abar[t] * -math.expm1(log_abar[t] - log_abar_p))
             x = math.sqrt(abar_p) * x0 + math.sqrt(max(one_minus_abar_p - sigma**2, 0.0)) * eps

@@ -323,8 +323,10 @@ class DiT(nn.Module):
         if force_drop is not None and (force_drop.shape != (b,) or force_drop.dtype != torch.bool):
             raise ShapeError(f"DiT: force_drop must be a bool mask of shape [B] = [{b}], "
                              f"got {force_drop.dtype} {list(force_drop.shape)}")
-        # reading the labels syncs with the device; meta tensors have no values, compiled graphs skip it
-        if y.device.type != "meta" and not torch.compiler.is_compiling():
+        # Label values are read only where that is free, on the CPU: on an accelerator it would stop
+        # the host every step until the device catches up (callers check labels once, on the CPU:
+        # ConditionalDiT before a batch is moved, and before sampling); compiled graphs skip it.
+        if y.device.type == "cpu" and not torch.compiler.is_compiling():
             bad = (y < 0) | (y > self.num_classes)
             if bad.any():
                 raise ConfigError(f"DiT: class ids must be in [0, {self.num_classes}] ({self.num_classes} = null), "
