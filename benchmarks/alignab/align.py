@@ -83,19 +83,24 @@ def evaluate(model: CoDesignAlignment, dm: ComplexDataModule, lm, designs: int, 
     return out
 
 
-def hypervolumes(results: dict[str, dict], complexes: list[str]) -> dict[str, float]:
-    """Normalised hypervolume per model (module docstring), averaged over complexes."""
+def hypervolumes(results: dict[str, dict], complexes: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Normalised hypervolume per model (module docstring), averaged over the complexes where some design strictly
+    dominates the reference point; the complexes where none does (every model scores 0 there) are returned apart."""
     out = {name: [] for name in results}
+    degenerate = []
     for c in complexes:
         every = np.concatenate([np.stack([r[c]["rep"], r[c]["nonrep"]], 1) for r in results.values()])
         unaligned = np.stack([results["unaligned_s0"][c]["rep"], results["unaligned_s0"][c]["nonrep"]], 1)
         reference = np.median(unaligned, 0)
         ideal = every.min(0)
-        box = np.prod(np.maximum(reference - ideal, 1e-12))
+        if not (ideal < reference).all():
+            degenerate.append(c)
+            continue
+        box = np.prod(reference - ideal)
         for name, r in results.items():
             points = np.stack([r[c]["rep"], r[c]["nonrep"]], 1)
             out[name].append(hypervolume(points, reference) / box)
-    return {name: float(np.mean(v)) for name, v in out.items()}
+    return {name: float(np.mean(v)) if v else float("nan") for name, v in out.items()}, degenerate
 
 
 def method_of(name: str) -> str:
@@ -137,11 +142,14 @@ def main() -> None:
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     complexes = dm.splits["test"]
     complexes = [c for c in complexes if c in results["unaligned_s0"]]
-    hv = hypervolumes(results, complexes)
+    hv, degenerate = hypervolumes(results, complexes)
+    if degenerate:
+        print(f"hypervolume: no design beats the unaligned median on both energies for {degenerate}; left out")
     per_model = {name: {m: float(np.mean([np.mean(r[c][m]) for c in complexes])) for m in METRICS}
                  | {f"{m}_median": float(np.mean([np.median(r[c][m]) for c in complexes])) for m in ("rep", "nonrep")}
                  | {"hypervolume": hv[name]} for name, r in results.items()}
-    methods = [m for m in ORDER if any(method_of(n) == m for n in per_model)]
+    found = {method_of(n) for n in per_model}
+    methods = [m for m in ORDER if m in found] + sorted(found - set(ORDER))
     columns = [*METRICS, "rep_median", "nonrep_median", "hypervolume"]
     table = {}
     print(f"\n{'method':<10} {'seeds':>5} " + " ".join(f"{c:>17}" for c in columns))
@@ -156,7 +164,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "alignab_align", "designs": args.designs, "steps": args.steps, "seed": args.seed,
-              "threads": args.threads, "complexes": complexes, "table": table, "per_model": per_model,
+              "threads": args.threads, "complexes": complexes, "hypervolume_left_out": degenerate, "table": table,
+              "per_model": per_model,
               "seconds": seconds, "torch": torch.__version__}
     (out / "align.json").write_text(json.dumps({**report, "designs_by_model": results}, indent=1))
     plot(results, per_model, complexes, out / "align_fronts.png")

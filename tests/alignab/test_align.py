@@ -139,10 +139,12 @@ def test_pcgrad_projects_conflicting_gradients():
     a, b = [torch.tensor([1.0, 2.0]), torch.tensor([3.0])], [torch.tensor([0.5, 0.0]), torch.tensor([1.0])]
     combined = pcgrad([a, b])  # no conflict: the plain sum, per parameter
     assert torch.equal(combined[0], torch.tensor([1.5, 2.0])) and torch.equal(combined[1], torch.tensor([4.0]))
-    # a projected gradient no longer conflicts with the other objective
-    h1, h2 = torch.tensor([2.0, 1.0, -1.0]), torch.tensor([-1.0, 0.5, 0.2])
-    projected = h1 - torch.dot(h1, h2) / h2.pow(2).sum() * h2
-    assert torch.dot(projected, h2).abs() < 1e-6
+    # in 3-D: the sum of each gradient projected onto the other's normal plane, one tensor per parameter
+    h1, h2 = torch.tensor([2.0, 1.0, -1.0], dtype=torch.float64), torch.tensor([-1.0, 0.5, 0.2], dtype=torch.float64)
+    p1, p2 = (a - torch.dot(a, b) / b.pow(2).sum() * b for a, b in ((h1, h2), (h2, h1)))
+    assert torch.dot(p1, h2).abs() < 1e-12 and torch.dot(p2, h1).abs() < 1e-12  # neither conflicts any more
+    combined = pcgrad([[h1[:2], h1[2:]], [h2[:2], h2[2:]]])
+    assert torch.allclose(torch.cat(combined), p1 + p2, atol=1e-12)
 
 
 # -- atoms and energies -----------------------------------------------------------------------------------
@@ -172,6 +174,37 @@ def test_library_places_the_medoid_and_picks_the_least_clashing_rotamer():
     assert choice.tolist() == [[1]]
 
 
+def test_library_medoid_and_farthest_rotamers_round_trip_the_crystal_atoms():
+    """Three full-atom serines (N, CA, C, O, CB, OG) at random poses: rotamer 0 is the medoid conformation, rotamer 1
+    the one farthest from it, and placing a rotamer on its own residue's frame gives back that residue's crystal O
+    and side chain (N, CA, C go to the ideal backbone)."""
+    from types import SimpleNamespace
+
+    from zoo.alignab.so3 import random_rotations
+
+    g = torch.Generator().manual_seed(0)
+    local = torch.tensor([[[0.0, 1.0, 0.5], [-0.5, -0.8, 1.2], [-0.6, -1.0, 2.5]]], dtype=torch.float64)
+    shapes = local.repeat(3, 1, 1)
+    shapes[1, 2] += torch.tensor([0.1, 0.0, 0.0], dtype=torch.float64)  # near the first: the medoid is one of the two
+    shapes[2, 2] += torch.tensor([0.0, 1.5, 0.0], dtype=torch.float64)  # far: the farthest-point pick
+    rot = random_rotations((3,), g, torch.float64)
+    ca = torch.randn(3, 3, generator=g, dtype=torch.float64) * 10
+    from zoo.alignab.so3 import backbone_from_frames
+
+    coords = torch.zeros(3, 14, 3, dtype=torch.float64)
+    coords[:, :3] = backbone_from_frames(rot, ca)
+    coords[:, 3:6] = ca[:, None] + shapes @ rot.transpose(-1, -2)
+    serine = "ACDEFGHIKLMNPQRSTVWY".index("S")
+    fake = SimpleNamespace(coords=coords.float(), atom_mask=torch.arange(14).expand(3, 14) < 6,
+                           aa=torch.full((3,), serine))
+    lib = SideChainLibrary.from_complexes([fake], rotamers=2)
+    assert torch.allclose(lib.local[serine, 1, 3:6], shapes[2], atol=1e-4)  # the farthest conformation
+    assert torch.allclose(lib.local[serine, 0, 3:6], shapes[0], atol=1e-4) or torch.allclose(
+        lib.local[serine, 0, 3:6], shapes[1], atol=1e-4)  # a medoid of the near pair
+    atoms, mask = lib.place(torch.tensor([serine]), rot[2:], ca[2:].float().double(), torch.tensor([1]))
+    assert torch.allclose(atoms[0, 3:6], coords[2, 3:6], atol=1e-4) and mask[0].sum() == 6
+
+
 def test_library_from_complexes_and_energies_of_designs(tmp_path):
     dm = synthetic(tmp_path)
     lib = SideChainLibrary.from_complexes(dm.complexes, rotamers=3)
@@ -195,6 +228,18 @@ def test_library_from_complexes_and_energies_of_designs(tmp_path):
         design_energies(patch, aa[:, :3], pos, rot[None].repeat(n, 1, 1, 1), lib)
 
 
+def test_sampling_temperature(tmp_path):
+    dm = synthetic(tmp_path)
+    model = CoDesignDiffusion(size="tiny", num_steps=10, lm_guidance=False).eval()
+    batch = dm.train_set.__getitems__([0])
+    draw = lambda **kw: model.design(batch, 4, torch.Generator().manual_seed(5), **kw)[1]  # noqa: E731
+    plain, one, cold = draw(), draw(temperature=1.0), draw(temperature=0.3)
+    assert torch.equal(plain.pos, one.pos) and torch.equal(plain.aa, one.aa) and torch.equal(plain.rot, one.rot)
+    assert not torch.equal(plain.pos, cold.pos)
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        draw(temperature=0.0)
+
+
 # -- the module -------------------------------------------------------------------------------------------
 def tiny_codesign(path) -> str:
     """A tiny untrained CoDesignDiffusion (10 steps, no LM) saved as a checkpoint file."""
@@ -206,13 +251,16 @@ def tiny_codesign(path) -> str:
 
 
 class ToyAlignment(CoDesignAlignment):
-    """E_Rep replaced by a toy energy: 1 for each loop residue that is not alanine (0 for alanine)."""
+    """Toy energies per loop residue: E_Rep is 1 unless the residue is alanine, E_nonRep is 1 if it is glycine (both
+    are lowest at alanine; they disagree only between glycine and the other 18 types)."""
 
     def score(self, patch, designed):
-        residue = (designed.aa.cpu() != 0).float() * patch["design"].cpu()
-        zero = torch.zeros(len(residue))
-        return {"rep": residue.sum(1), "nonrep": zero, "total": zero, "dg": zero, "residue_rep": residue,
-                "residue_nonrep": torch.zeros_like(residue)}
+        loop = patch["design"].cpu()
+        rep = (designed.aa.cpu() != 0).float() * loop
+        nonrep = (designed.aa.cpu() == 5).float() * loop
+        zero = torch.zeros(len(rep))
+        return {"rep": rep.sum(1), "nonrep": nonrep.sum(1), "total": zero, "dg": zero, "residue_rep": rep,
+                "residue_nonrep": nonrep}
 
 
 def toy_energy(model, dm) -> float:
@@ -222,9 +270,11 @@ def toy_energy(model, dm) -> float:
     return float(((designed.aa != 0) & design).sum() / design.sum())
 
 
-def test_one_round_on_a_toy_energy_lowers_it_and_keeps_the_reference(tmp_path):
+@pytest.mark.parametrize("method", ["single", "pareto"])
+def test_one_round_on_a_toy_energy_lowers_it_and_keeps_the_reference(tmp_path, method):
     dm = synthetic(tmp_path, batch_size=1)
-    model = ToyAlignment(init_from=tiny_codesign(tmp_path / "tiny.ckpt"), method="single", objectives=["rep"],
+    objectives = ["rep"] if method == "single" else ["rep", "nonrep"]  # pareto: PCGrad over the two losses
+    model = ToyAlignment(init_from=tiny_codesign(tmp_path / "tiny.ckpt"), method=method, objectives=objectives,
                          beta=10.0, designs_per_complex=16, sample_steps=10, lr=3e-3, test_steps=10, passes=10)
     reference = {k: v.clone() for k, v in model.reference.state_dict().items()}
     before = toy_energy(model, dm)
@@ -245,7 +295,7 @@ def test_resumed_run_keeps_its_rounds_pairs(tmp_path):
     kwargs = dict(init_from=tiny_codesign(tmp_path / "tiny.ckpt"), method="pareto", designs_per_complex=4,
                   sample_steps=3, test_steps=3)
     model = CoDesignAlignment(**kwargs)
-    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = Trainer(max_steps=1, max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path / "run")
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "mid.ckpt")  # inside round 0, after one of its three steps
@@ -315,3 +365,13 @@ def test_cli_fit_writes_rounds_and_tests_energies(tmp_path):
     assert {"test/aar", "test/rmsd", "test/rep", "test/nonrep", "test/total", "test/dg"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values())
 
+
+
+def test_fit_setup_errors_in_one_line(tmp_path):
+    dm = synthetic(tmp_path)
+    init = tiny_codesign(tmp_path / "tiny.ckpt")
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                 limit_val_batches=0, default_root_dir=tmp_path / "run")
+    model = CoDesignAlignment(init_from=init, designs_per_complex=2, sample_steps=2, test_steps=2)
+    with pytest.raises(ConfigError, match="temperature schedule runs over trainer.max_epochs"):
+        Trainer(max_steps=1, **quiet).fit(model, datamodule=dm)

@@ -136,6 +136,7 @@ class CoDesignAlignment(ZooModule):
         self._round: dict | None = None
         self._generator: torch.Generator | None = None
         self._update_start = 0.0
+        self._generator_state: Tensor | None = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -158,6 +159,10 @@ class CoDesignAlignment(ZooModule):
                                                   self.hparams.rotamers, seed=self.hparams.seed)
         self.library_local.copy_(library.local)
         self.library_mask.copy_(library.mask)
+
+    def losses_per_pair(self) -> int:
+        """One DPO loss per objective for residue-level ``pareto`` (combined by PCGrad), else one."""
+        return len(self.objectives) if self.hparams.method == "pareto" and self.hparams.level == "residue" else 1
 
     def temperature(self, round_: int) -> float:
         rounds = max(int(self.trainer.max_epochs or 1), 1)
@@ -182,7 +187,7 @@ class CoDesignAlignment(ZooModule):
         was_training = self.policy.training
         self.policy.eval()
         designs = {k: [] for k in ("complex", "aa", "pos", "rot", *ENERGIES)}
-        pairs = {k: [] for k in ("complex", "winner", "loser", "signs")}
+        pairs = {k: [] for k in ("complex", "loop", "winner", "loser", "signs")}
         bar = tqdm(range(0, len(train), chunk), desc=f"round {round_} sampling", leave=False,
                    disable=not self.trainer.progress_bar_callback)
         for first in bar:
@@ -205,11 +210,12 @@ class CoDesignAlignment(ZooModule):
                     if self.hparams.method == "weighted":
                         weights = torch.tensor(self.hparams.weights or [1.0] * len(self.objectives)).double()
                         residue = (residue * weights[:, None, None]).sum(0, keepdim=True)
-                    if self.hparams.level == "design":  # the pair's preference on every loop residue
-                        signs = patch["design"].cpu().double().expand(len(residue), -1)
+                    if self.hparams.level == "design":  # one preference for the pair, on every loop residue
+                        signs = patch["design"].cpu().double()[None]
                     else:
                         signs = residue_signs(residue[:, w], residue[:, l]) * patch["design"].cpu()
                     pairs["complex"].append(int(patch["complex"][0]))
+                    pairs["loop"].append(int(patch["loop"][0]))
                     pairs["winner"].append(offset + w)
                     pairs["loser"].append(offset + l)
                     pairs["signs"].append(signs.float())
@@ -217,10 +223,11 @@ class CoDesignAlignment(ZooModule):
         out = {"round": round_, "temperature": tau, "seconds": time.perf_counter() - start,
                "designs": {k: torch.cat(v) for k, v in designs.items()},
                "pairs": {"complex": torch.tensor(pairs["complex"], dtype=torch.long),
+                         "loop": torch.tensor(pairs["loop"], dtype=torch.long),
                          "winner": torch.tensor(pairs["winner"], dtype=torch.long),
                          "loser": torch.tensor(pairs["loser"], dtype=torch.long),
                          "signs": torch.stack(pairs["signs"]) if pairs["signs"] else torch.zeros(
-                             0, len(self.objectives) if self.hparams.method == "pareto" else 1,
+                             0, self.losses_per_pair(),
                              train.tensors[train.names.index("design")].shape[1])}}
         return out
 
@@ -239,9 +246,9 @@ class CoDesignAlignment(ZooModule):
         for name, value in summary.items():
             if name != "round":
                 self.log(f"round/{name}", float(value), on_step=False, on_epoch=True)
+        path = self.output_path("rounds.csv", per_rank=False)  # every rank: trainer.log_dir is a collective
         if self.trainer.fast_dev_run or not self.trainer.is_global_zero:
             return
-        path = self.output_path("rounds.csv", per_rank=False)
         new = not path.is_file()
         with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(summary))
@@ -260,25 +267,30 @@ class CoDesignAlignment(ZooModule):
         return out
 
     def save_round(self, round_: dict) -> None:
+        folder = self.output_path("rounds", per_rank=False)  # every rank: trainer.log_dir is a collective
         if self.trainer.fast_dev_run or not self.trainer.is_global_zero:
             return
-        folder = self.output_path("rounds", per_rank=False)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(round_, folder / f"round_{round_['round']:03d}.pt")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._round is not None:
             checkpoint["alignab_round"] = self._round
+        if self._generator is not None:
+            checkpoint["alignab_generator"] = self._generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._round = checkpoint.get("alignab_round")
+        self._generator_state = checkpoint.get("alignab_generator")
 
     # -- one update --------------------------------------------------------------------------------------
     def pair_batch(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], LoopState, LoopState, Tensor] | None:
         """The batch's pairs: the patches repeated per pair, winner and loser designs, signs ``[P, m, K]``."""
         pairs, designs = self._round["pairs"], self._round["designs"]
-        complexes = batch["complex"][:, 0].tolist()
-        wanted = [(b, p) for b, c in enumerate(complexes) for p in torch.nonzero(pairs["complex"] == c).flatten().tolist()]
+        # a training patch is one (complex, CDR) loop: its pairs are those drawn for that loop
+        keys = zip(batch["complex"][:, 0].tolist(), batch["loop"][:, 0].tolist())
+        wanted = [(b, p) for b, (c, loop) in enumerate(keys)
+                  for p in torch.nonzero((pairs["complex"] == c) & (pairs["loop"] == loop)).flatten().tolist()]
         if not wanted:
             return None
         index_b = torch.tensor([b for b, _ in wanted])
@@ -340,8 +352,23 @@ class CoDesignAlignment(ZooModule):
         return losses, torch.stack(accuracies).mean()
 
     def on_fit_start(self) -> None:
+        """Checks the run's setup; seeds the DPO noise (or, resuming, restores its stream); a fit that does not
+        resume from a checkpoint forgets any round a loaded model carries (drawn by another policy)."""
         super().on_fit_start()
+        trainer = self.trainer
+        if self.losses_per_pair() > 1 and (trainer.world_size > 1 or str(trainer.precision).startswith("16")):
+            raise ConfigError(f"method 'pareto' combines per-objective gradients by hand (PCGrad) and supports one "
+                              f"process at 32-bit or bf16 precision; got world_size={trainer.world_size}, "
+                              f"precision={trainer.precision}")
+        if self.hparams.temperature_start != self.hparams.temperature_end and (trainer.max_epochs or -1) < 1:
+            raise ConfigError("the temperature schedule runs over trainer.max_epochs rounds; set max_epochs "
+                              f"(got {trainer.max_epochs}) or make temperature_start equal temperature_end")
         self._generator = torch.Generator().manual_seed(self.hparams.seed)
+        if trainer.ckpt_path is None:
+            self._round = None
+        elif self._generator_state is not None:
+            self._generator.set_state(self._generator_state)
+        self._generator_state = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         for _ in range(self.hparams.passes):
