@@ -1,5 +1,6 @@
 """Speed of the AlignAb co-design network (``zoo.alignab.codesign_network``) on the CPU: the old formulas
-(copied below from the network before the fast paths) against the current code, in the same process with the
+(the network before the fast paths, kept as the reference of ``tests/alignab/test_codesign_network_speed.py``)
+against the current code, in the same process with the
 same weights (the shipped checkpoint ``alignab-codesign-h3``, size small) and the same threads.
 
     python benchmarks/alignab/network_speed.py [--threads 1] [--repeats 3] [--design-repeats 1]
@@ -27,78 +28,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from data_modules.complexes import CDR_NAMES, ComplexDataModule
-from zoo.alignab.codesign_network import timestep_embedding
-from zoo.alignab.so3 import quaternion_to_matrix
 from zoo.core.registry import load_pretrained
 
-
-# -- the old formulas (the network before the fast paths), on the current network's weights ------------------
-def old_pair_features(net, rot, pos, chain, resseq):
-    same = chain[:, :, None] == chain[:, None, :]
-    offset = (resseq[:, None, :] - resseq[:, :, None]).clamp(-net.max_offset, net.max_offset) + net.max_offset
-    offset = torch.where(same, offset, torch.full_like(offset, 2 * net.max_offset + 1))
-    atoms = 10 * pos[:, :, None] + torch.einsum("bkij,aj->bkai", rot, net.atoms_local.to(rot))
-    diff = atoms[:, :, None, :, None] - atoms[:, None, :, None, :]
-    dist = (diff.pow(2).sum(-1) + 1e-8).sqrt().flatten(-2)
-    width = net.centres[1] - net.centres[0]
-    rbf = torch.exp(-(((dist[..., None] - net.centres.to(dist)) / width) ** 2)).flatten(-2)
-    return net.pair_norm(net.offset(offset) + net.distance(rbf))
-
-
-def old_global(ipa, points, rot, pos):
-    b, k = points.shape[:2]
-    points = points.view(b, k, ipa.heads, -1, 3)
-    return torch.einsum("bkij,bkhpj->bkhpi", rot, points) + pos[:, :, None, None]
-
-
-def old_ipa(ipa, s, z, rot, pos, mask):
-    b, k, _ = s.shape
-    h, c = ipa.heads, ipa.head_dim
-    q, key, v = (f(s).view(b, k, h, c) for f in (ipa.q, ipa.k, ipa.v))
-    qp, kp = old_global(ipa, ipa.q_points(s), rot, pos), old_global(ipa, ipa.k_points(s), rot, pos)
-    vp = old_global(ipa, ipa.v_points(s), rot, pos)
-    w_c = math.sqrt(2 / (9 * ipa.qk_points))
-    gamma = F.softplus(ipa.gamma)
-    scalar = torch.einsum("bihc,bjhc->bhij", q, key) / math.sqrt(c)
-    dist = ((qp[:, :, None] - kp[:, None]) ** 2).sum((-1, -2))
-    logits = scalar + ipa.bias(z).permute(0, 3, 1, 2) - (gamma * w_c / 2)[None, :, None, None] * dist.permute(0, 3, 1, 2)
-    logits = math.sqrt(1 / 3) * logits
-    logits = logits.masked_fill(~mask[:, None, None, :], torch.finfo(logits.dtype).min)
-    attn = logits.softmax(-1)
-    o = torch.einsum("bhij,bjhc->bihc", attn, v).reshape(b, k, -1)
-    o_pair = torch.einsum("bhij,bijd->bihd", attn, z).reshape(b, k, -1)
-    o_pt = torch.einsum("bhij,bjhpx->bihpx", attn, vp) - pos[:, :, None, None]
-    o_pt = torch.einsum("bkji,bkhpj->bkhpi", rot, o_pt)
-    norms = o_pt.norm(dim=-1)
-    return ipa.out(torch.cat([o, o_pair, o_pt.reshape(b, k, -1), norms.reshape(b, k, -1)], -1))
-
-
-def old_forward(net, aa, rot, pos, t, *, role, cdr, design, epitope, chain, resseq, mask, lm=None):
-    flags = torch.stack([design, epitope], -1).to(pos.dtype)
-    time_ = net.time(timestep_embedding(t, net.num_steps, net.aa.embedding_dim).to(pos.dtype))
-    s = net.aa(aa) + net.role(role) + net.cdr(cdr) + net.flags(flags) + time_[:, None]
-    if net.lm is not None:
-        s = s + net.lm(lm.to(pos.dtype))
-    s = net.residue_norm(s)
-    z = old_pair_features(net, rot, pos, chain, resseq)
-    for block in net.blocks:
-        s = block.norm1(s + old_ipa(block.attention, s, z, rot, pos, mask))
-        s = block.norm2(s + block.mlp(s))
-    eps = torch.einsum("bkij,bkj->bki", rot, net.eps_head(s))
-    u = net.rot_head(s)
-    turn = quaternion_to_matrix(torch.cat([torch.ones_like(u[..., :1]), u], -1))
-    return eps, rot @ turn, net.seq_head(s)
+# the old formulas (the network before the fast paths), on the current network's weights: the reference of the
+# exactness tests, imported so that the benchmark times exactly what the tests compare against
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.alignab.test_codesign_network_speed import reference_forward as old_forward  # noqa: E402
 
 
 # -- timing --------------------------------------------------------------------------------------------------

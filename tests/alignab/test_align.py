@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 
 from data_modules.complexes import ComplexDataModule, local_frames
 from tests.alignab.test_codesign_data import write_complexes
+from tests.alignab.test_design_metrics import brute_ranks
 from tests.conftest import run_cli
 from zoo.alignab import CoDesignAlignment, CoDesignDiffusion
 from zoo.alignab.metrics import pareto_ranks
@@ -91,24 +92,12 @@ def test_residue_signs():
 
 
 # -- pairs and ranks --------------------------------------------------------------------------------------
-def brute_force_ranks(points: np.ndarray) -> list[int]:
-    """Non-dominated sorting by peeling: rank k = non-dominated once ranks < k are removed."""
-    left, ranks, k = set(range(len(points))), [0] * len(points), 0
-    while left:
-        front = [i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)]
-        for i in front:
-            ranks[i] = k
-        left -= set(front)
-        k += 1
-    return ranks
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_pareto_ranks_and_pairs_against_brute_force(seed):
     rng = np.random.default_rng(seed)
     points = rng.integers(0, 6, size=(12, 2)).astype(float)  # ties on purpose
     ranks = pareto_ranks(points)
-    assert ranks.tolist() == brute_force_ranks(points)
+    assert ranks.tolist() == brute_ranks(points)
     pairs = preference_pairs(points, "pareto")
     used = [i for pair in pairs for i in pair]
     assert len(used) == len(set(used))  # disjoint
