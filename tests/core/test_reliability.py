@@ -130,6 +130,40 @@ def test_a_diverging_fit_stops_in_one_line_and_saves_nothing_non_finite(tmp_path
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_non_finite_loss_stops_the_fit_before_any_checkpoint_of_it(tmp_path, deferred):
+    """The accelerator path (deferred: the check is read one step later, and before any checkpoint is written),
+    forced on the CPU, against the immediate one: both name step 3, and no file holds the NaN weights."""
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from zoo.core.checkpoint import FiniteLoss
+    from zoo.core.errors import NonFiniteError
+
+    class Diverges(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.w * batch[0]).sum()
+            return loss * float("nan") if batch_idx == 2 else loss  # the third step's loss (step 3 after it)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)), batch_size=1)
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[FiniteLoss(deferred=deferred), saver])
+    with pytest.raises(NonFiniteError, match="training loss is nan at step 3 .epoch 0, batch 2."):
+        trainer.fit(Diverges(), data)
+    saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert saved == ["step=1.ckpt", "step=2.ckpt"]  # step 3's NaN weights never reached a file
+    for path in tmp_path.glob("*.ckpt"):
+        assert torch.isfinite(torch.load(path, weights_only=True)["state_dict"]["w"]).all()
+
+
 def test_a_non_finite_monitored_value_never_makes_a_checkpoint_best():
     """Plain ModelCheckpoint saves the first value it sees while it holds fewer than top-k, NaN too."""
     from zoo.core.checkpoint import ZooCheckpoint

@@ -94,14 +94,67 @@ class ZooCheckpoint(ModelCheckpoint):
 
 
 class FiniteLoss(Callback):
-    """Stops at the first NaN or infinite training loss with a :class:`NonFiniteError` that names
-    the step (one check per step; it synchronizes with the device)."""
+    """Stops at the first NaN or infinite training loss with a :class:`NonFiniteError` that names the step.
+
+    On the CPU every step's loss is checked at once. On an accelerator, reading a check back makes the host wait for
+    the device every step (a per-step sync that stalls the input pipeline), so there the check is copied to pinned
+    host memory without blocking and read one step later, by when the device has long finished it; and read at once
+    before any checkpoint is written, before validation, and at the end of each epoch and of training. So a
+    non-finite step still stops the run (one step later at most) and no checkpoint of its state is ever written.
+    ``deferred`` forces one behaviour (``None``: deferred on accelerators only)."""
+
+    def __init__(self, deferred: bool | None = None) -> None:
+        self.deferred = deferred
+        self._pending: tuple | None = None  # (finite flag on the host, CUDA event or None, loss, step, epoch, batch)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss).all():
-            raise NonFiniteError(
-                f"training loss is {loss.detach().float().cpu().flatten()[0].item()} at step {trainer.global_step} "
-                f"(epoch {trainer.current_epoch}, batch {batch_idx}): training stopped, no checkpoint of this state "
-                "was saved; lower the learning rate or check the data for NaN/inf values"
-            )
+        if not isinstance(loss, torch.Tensor):
+            return
+        where = (loss.detach(), trainer.global_step, trainer.current_epoch, batch_idx)
+        deferred = self.deferred if self.deferred is not None else loss.device.type != "cpu"
+        if not deferred:
+            if not torch.isfinite(loss).all():
+                self._raise(*where)
+            return
+        self.flush()  # the previous step's check, long finished on the device
+        finite = torch.isfinite(loss.detach()).all()
+        event = None
+        if finite.is_cuda:
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(finite, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            finite = host
+        self._pending = (finite, event, *where)
+
+    def flush(self) -> None:
+        """Read the pending check (waiting for the device if it has not finished) and raise if it failed."""
+        if self._pending is None:
+            return
+        finite, event, *where = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        if not bool(finite):
+            self._raise(*where)
+
+    @staticmethod
+    def _raise(loss: torch.Tensor, step: int, epoch: int, batch_idx: int) -> None:
+        raise NonFiniteError(
+            f"training loss is {loss.float().cpu().flatten()[0].item()} at step {step} (epoch {epoch}, batch "
+            f"{batch_idx}): training stopped, no checkpoint of this state was saved; lower the learning rate or "
+            "check the data for NaN/inf values"
+        )
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.flush()  # before the file is written
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flush()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flush()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flush()
