@@ -43,7 +43,7 @@ from zoo.core.plots import save_figure  # noqa: E402
 from zoo.core.registry import load_pretrained  # noqa: E402
 
 METRICS = ("rep", "nonrep", "total", "dg", "aar", "rmsd", "pll")
-ORDER = ("unaligned", "rep", "nonrep", "weighted", "pareto")
+ORDER = ("unaligned", "rep", "nonrep", "weighted", "pareto", "pareto_dominance")
 
 
 def data_module(config: str) -> ComplexDataModule:
@@ -179,7 +179,7 @@ def plot(results: dict, per_model: dict, complexes: list[str], path: Path) -> No
     import matplotlib.pyplot as plt
 
     colors = {"unaligned": "black", "rep": "tab:red", "nonrep": "tab:blue", "weighted": "tab:purple",
-              "pareto": "tab:green"}
+              "pareto": "tab:green", "pareto_dominance": "tab:olive"}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, values in per_model.items():
         method = method_of(name)

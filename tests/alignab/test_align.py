@@ -28,6 +28,7 @@ from zoo.alignab.preferences import (
     dpo_loss,
     pcgrad,
     preference_pairs,
+    residue_dominance,
     residue_signs,
 )
 from zoo.core.errors import CheckpointError, ConfigError, ShapeError
@@ -89,6 +90,13 @@ def test_design_level_loss_sums_the_residues_before_the_sigmoid():
 
 def test_residue_signs():
     assert residue_signs(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 1.0])).tolist() == [1, 0, -1]
+
+
+def test_residue_dominance_prefers_only_where_every_energy_agrees():
+    # residues: winner better on both; better on one, tied on the other; trade-off; loser better on both; all tied
+    winner = torch.tensor([[1.0, 1.0, 1.0, 3.0, 2.0], [1.0, 2.0, 5.0, 3.0, 2.0]])
+    loser = torch.tensor([[2.0, 3.0, 2.0, 1.0, 2.0], [2.0, 2.0, 4.0, 1.0, 2.0]])
+    assert residue_dominance(winner, loser).tolist() == [1, 1, 0, -1, 0]
 
 
 # -- pairs and ranks --------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from torch import Tensor
 from zoo.alignab.codesign_diffusion import LoopState
 from zoo.alignab.codesign_module import CoDesignDiffusion
 from zoo.alignab.preferences import (
+    CONFLICT_RULES,
     LEVELS,
     METHODS,
     OBJECTIVES,
@@ -41,6 +42,7 @@ from zoo.alignab.preferences import (
     dpo_loss,
     pcgrad,
     preference_pairs,
+    residue_dominance,
     residue_signs,
 )
 from zoo.core.errors import CheckpointError, ConfigError
@@ -77,6 +79,9 @@ class CoDesignAlignment(ZooModule):
         beta: the DPO inverse temperature (Diffusion-DPO's ``T omega(lambda_t)`` folded in).
         level: ``residue`` (AbDPO's per-residue preferences, Eq. (8) of ``preferences``) or ``design`` (one
             preference per pair over the whole loop, Eq. (9)).
+        conflict: ``pareto`` at residue level, where the energies disagree on a residue: ``pcgrad`` (one loss per
+            energy, gradients combined by PCGrad) or ``dominance`` (one loss, a residue preferred only where it
+            Pareto-dominates; ``preferences``, point 6).
         designs_per_complex, sample_steps: designs per training loop per round and their reverse steps.
         temperature_start, temperature_end: the sampling temperature of the first and last round (geometric).
         passes: updates per training batch in a round, each with a fresh timestep and noise (more updates per
@@ -91,7 +96,7 @@ class CoDesignAlignment(ZooModule):
 
     def __init__(self, init_from: str = "alignab-codesign-h3", method: str = "pareto",
                  objectives: list[str] | None = None, weights: list[float] | None = None, beta: float = 1.0,
-                 level: str = "residue",
+                 level: str = "residue", conflict: str = "pcgrad",
                  designs_per_complex: int = 8, sample_steps: int = 20, temperature_start: float = 1.0,
                  temperature_end: float = 0.5, passes: int = 1, timesteps: int = 1, native_weight: float = 0.0,
                  rotamers: int = 6,
@@ -104,6 +109,8 @@ class CoDesignAlignment(ZooModule):
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
         if level not in LEVELS:
             raise ConfigError(f"level must be one of {LEVELS}, got {level!r}")
+        if conflict not in CONFLICT_RULES:
+            raise ConfigError(f"conflict must be one of {CONFLICT_RULES}, got {conflict!r}")
         bad = [o for o in objectives if o not in OBJECTIVES]
         if bad or not objectives or len(set(objectives)) != len(objectives):
             raise ConfigError(f"objectives must be distinct names from {OBJECTIVES}, got {objectives}")
@@ -161,8 +168,9 @@ class CoDesignAlignment(ZooModule):
         self.library_mask.copy_(library.mask)
 
     def losses_per_pair(self) -> int:
-        """One DPO loss per objective for residue-level ``pareto`` (combined by PCGrad), else one."""
-        return len(self.objectives) if self.hparams.method == "pareto" and self.hparams.level == "residue" else 1
+        """One DPO loss per objective for residue-level ``pareto`` with PCGrad, else one."""
+        per_objective = self.hparams.level == "residue" and self.hparams.conflict == "pcgrad"
+        return len(self.objectives) if self.hparams.method == "pareto" and per_objective else 1
 
     def temperature(self, round_: int) -> float:
         rounds = max(int(self.trainer.max_epochs or 1), 1)
@@ -212,6 +220,8 @@ class CoDesignAlignment(ZooModule):
                         residue = (residue * weights[:, None, None]).sum(0, keepdim=True)
                     if self.hparams.level == "design":  # one preference for the pair, on every loop residue
                         signs = patch["design"].cpu().double()[None]
+                    elif self.hparams.method == "pareto" and self.hparams.conflict == "dominance":
+                        signs = residue_dominance(residue[:, w], residue[:, l])[None] * patch["design"].cpu()
                     else:
                         signs = residue_signs(residue[:, w], residue[:, l]) * patch["design"].cpu()
                     pairs["complex"].append(int(patch["complex"][0]))

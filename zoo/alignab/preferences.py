@@ -34,9 +34,11 @@
        L = mean over pairs and components of  -log sigmoid(-beta sum_i d_ic)                                   (9)
 
    sums the residues' errors before the sigmoid (less noise per term, no residue decomposition).
-6. Several objectives (``pareto``): one loss per objective and the gradients combined by PCGrad (Yu et al.
-   2020; AbDPO's "gradient surgery"): where two objectives' gradients conflict (negative inner product), each
-   is projected onto the normal plane of the other before they are summed (:func:`pcgrad`).
+6. Several objectives (``pareto``), two rules for residues where they conflict. ``pcgrad``: one loss per
+   objective and the gradients combined by PCGrad (Yu et al. 2020; AbDPO's "gradient surgery"): where two
+   objectives' gradients conflict (negative inner product), each is projected onto the normal plane of the other
+   before they are summed (:func:`pcgrad`). ``dominance``: one loss, a residue preferred only where its energies
+   Pareto-dominate the other design's residue (:func:`residue_dominance`), none where they trade off.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from zoo.core.errors import ConfigError, ShapeError
 OBJECTIVES = ("rep", "nonrep")  # CDR-antigen E_Rep and E_nonRep, the energies preferences are built from
 METHODS = ("single", "weighted", "pareto")
 LEVELS = ("residue", "design")
+CONFLICT_RULES = ("pcgrad", "dominance")
 NUM_RESIDUE_TYPES = 21  # 20 amino acids + unknown (backbone only)
 CB_LOCAL = ATOMS_LOCAL[3]  # the ideal C-beta in the residue frame
 
@@ -237,6 +240,15 @@ def preference_pairs(objectives: Tensor | np.ndarray, method: str, weights: Sequ
 def residue_signs(winner: Tensor, loser: Tensor) -> Tensor:
     """``sign(E^l - E^w)`` per residue (``[..., K]``, +1 where the winner's residue has the lower energy)."""
     return torch.sign(loser - winner)
+
+
+def residue_dominance(winner: Tensor, loser: Tensor) -> Tensor:
+    """One preference per residue from several energies ``[m, K]`` each: +1 where the winner's residue Pareto-
+    dominates the loser's (no worse in every energy, better in one), -1 where the loser's dominates, 0 where they
+    trade off or tie (the ``dominance`` rule for conflicting objectives: no gradient where the energies disagree)."""
+    better = (winner <= loser).all(0) & (winner < loser).any(0)
+    worse = (loser <= winner).all(0) & (loser < winner).any(0)
+    return better.to(winner.dtype) - worse.to(winner.dtype)
 
 
 def dpo_loss(policy_w: Tensor, reference_w: Tensor, policy_l: Tensor, reference_l: Tensor, signs: Tensor,
