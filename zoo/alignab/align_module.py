@@ -189,7 +189,9 @@ class CoDesignAlignment(ZooModule):
 
         start = time.perf_counter()
         train = self.trainer.datamodule.train_set
-        n, tau = self.hparams.designs_per_complex, self.temperature(round_)
+        n, tau, steps = self.hparams.designs_per_complex, self.temperature(round_), self.hparams.sample_steps
+        if self.trainer.fast_dev_run:  # a dry run checks the path only: 4 designs a loop, at most 5 steps
+            n, steps = min(4, n), min(5, steps)
         generator = torch.Generator().manual_seed(self.hparams.seed * 100_003 + round_)
         chunk = max(1, 64 // n)
         was_training = self.policy.training
@@ -201,7 +203,7 @@ class CoDesignAlignment(ZooModule):
         for first in bar:
             rows = list(range(first, min(first + chunk, len(train))))
             batch = {k: v.to(self.device) for k, v in train.__getitems__(rows).items()}
-            _, designed, _ = self.policy.design(batch, n, generator, steps=self.hparams.sample_steps, temperature=tau)
+            _, designed, _ = self.policy.design(batch, n, generator, steps=steps, temperature=tau)
             for b in range(len(rows)):
                 part = LoopState(*(x[b * n:(b + 1) * n] for x in (designed.aa, designed.pos, designed.rot)))
                 patch = {k: v[b] for k, v in batch.items()}
@@ -381,7 +383,7 @@ class CoDesignAlignment(ZooModule):
         self._generator_state = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        for _ in range(self.hparams.passes):
+        for _ in range(1 if self.trainer.fast_dev_run else self.hparams.passes):  # a dry run: one step
             values = self.update(batch)
         if values is not None:
             self.log_train(batch_idx, **values)
