@@ -6,12 +6,12 @@ timings are faked where a choice matters; nothing here asserts a time."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 
 import zoo.ndlinear.layer as layer_module
+from zoo.core.registry import checkpoint_dir, read_manifest
 from zoo.ndlinear.layer import (
     NdLinear,
     autotune_cache,
@@ -34,7 +34,7 @@ SHAPES = [
     ((2, 3), (4, 5)),
     ((9,), (4,)),
 ]
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "digits-ndlinear-f8f682f2.ckpt"
+CHECKPOINT = checkpoint_dir() / read_manifest().get("digits-ndlinear", {}).get("file", "missing.ckpt")
 
 
 @pytest.fixture(autouse=True)
@@ -283,7 +283,7 @@ def test_state_dict_round_trip_across_plans(fake_timer):
 
 @pytest.mark.skipif(not CHECKPOINT.exists(), reason="shipped checkpoint not present")
 def test_shipped_checkpoint_loads_and_gives_the_same_outputs_under_every_candidate(fake_timer):
-    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
     prefix = "head.0."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     dims = tuple(weights[f"weights.{k}"].shape[1] for k in itertools.takewhile(
