@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from codesign import Scorer, loop_pll  # noqa: E402
 
 from data_modules.complexes import ComplexDataModule  # noqa: E402
+from data_modules.residues import AMINO_ACIDS  # noqa: E402
 from zoo.alignab import CoDesignAlignment  # noqa: E402
 from zoo.alignab.metrics import hypervolume, nondominated_fronts  # noqa: E402
 from zoo.alignab.preferences import design_energies  # noqa: E402
@@ -72,8 +73,8 @@ def evaluate(model: CoDesignAlignment, dm: ComplexDataModule, lm, designs: int, 
         for i in range(designs):
             sequence = list(complex_.sequence())
             for j, a in zip(index.tolist(), designed.aa[i][design[i]].tolist()):
-                sequence[j] = "ACDEFGHIKLMNPQRSTVWY"[a]
-            domain, h3, _ = Scorer.heavy_domain(None, complex_, "".join(sequence))
+                sequence[j] = AMINO_ACIDS[a]
+            domain, h3, _ = Scorer.heavy_domain(complex_, "".join(sequence))
             sequences.append(domain)
             loops.append(h3)
         pll = loop_pll(lm, sequences, loops)

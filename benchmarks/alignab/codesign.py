@@ -97,7 +97,8 @@ class Scorer:
     def __init__(self, lm, folder: Path, pack: bool) -> None:
         self.lm, self.folder, self.pack = lm, folder, pack and faspr_binary() is not None
 
-    def heavy_domain(self, complex_, sequence: str) -> tuple[str, list[int], torch.Tensor]:
+    @staticmethod
+    def heavy_domain(complex_, sequence: str) -> tuple[str, list[int], torch.Tensor]:
         heavy = torch.nonzero(complex_.chain == 0).flatten()
         h3 = torch.nonzero(complex_.cdr[heavy] == 3).flatten()
         end = min(len(heavy), int(h3[-1]) + 12)

@@ -215,11 +215,11 @@ class CoDesignAlignment(ZooModule):
                 for name in ENERGIES:
                     designs[name].append(energy[name].float())
                 objectives = torch.stack([energy[o] for o in self.objectives], -1)
+                residue = torch.stack([energy[f"residue_{o}"] for o in self.objectives])  # [m, n, K]
+                if self.hparams.method == "weighted":
+                    weights = torch.tensor(self.hparams.weights or [1.0] * len(self.objectives)).double()
+                    residue = (residue * weights[:, None, None]).sum(0, keepdim=True)
                 for w, l in preference_pairs(objectives, self.hparams.method, self.hparams.weights):
-                    residue = torch.stack([energy[f"residue_{o}"] for o in self.objectives])  # [m, n, K]
-                    if self.hparams.method == "weighted":
-                        weights = torch.tensor(self.hparams.weights or [1.0] * len(self.objectives)).double()
-                        residue = (residue * weights[:, None, None]).sum(0, keepdim=True)
                     if self.hparams.level == "design":  # one preference for the pair, on every loop residue
                         signs = patch["design"].cpu().double()[None]
                     elif self.hparams.method == "pareto" and self.hparams.conflict == "dominance":

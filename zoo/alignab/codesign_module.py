@@ -33,7 +33,7 @@ from torch import Tensor
 from data_modules.complexes import CDR_NAMES, Complex, local_frames, read_pdb_complex, write_pdb
 from data_modules.residues import AMINO_ACIDS, SPECIAL_TOKENS
 from zoo.alignab.codesign_diffusion import NUM_TYPES, LoopDiffusion, LoopState
-from zoo.alignab.codesign_network import CoDesignNetwork
+from zoo.alignab.codesign_network import CoDesignNetwork, PairCache
 from zoo.alignab.metrics import framework_rmsd, recovery
 from zoo.alignab.so3 import backbone_from_frames, place_oxygen, random_rotations
 from zoo.core.errors import ConfigError, ShapeError
@@ -173,8 +173,6 @@ class CoDesignDiffusion(ZooModule):
         """``(state, t) -> (eps^, R0^, logits)`` on the conditioning ``cond``. With ``cache`` the closure keeps
         the pair features of its previous call (``PairCache``: in sampling only the loop moves between calls, so
         only its rows and columns are recomputed; while autograd records every call computes all)."""
-        from zoo.alignab.codesign_network import PairCache
-
         pair_cache = PairCache() if cache else None
         return lambda state, t: self.network(state.aa, state.rot, state.pos, t, **cond, pair_cache=pair_cache)
 
